@@ -1,0 +1,3 @@
+from hpe_ray.cli import main
+
+raise SystemExit(main())

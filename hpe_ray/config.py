@@ -1,0 +1,212 @@
+"""The one typed configuration: YAML in, validated pydantic models inside.
+
+A Tune trial is this object with some dotted keys replaced (`with_overrides`), and the best
+trial's YAML (`to_yaml`) trains the same model again. Every error names the offending key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENCODER_MODALITIES = ("pose2d", "rgb")
+DECODER_MODALITIES = ("pose3d", "pose2d", "rgb")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    dir: str = "data/synthetic"
+    mode_2d: Literal["camera", "pixel"] = "camera"
+    """camera: 2D in normalised image coordinates via each sample's intrinsics (transfers to
+    unseen cameras); pixel: the thesis's pixel coordinates with perspective kept."""
+    image_size: int = Field(64, ge=32, le=512)
+    shuffle_buffer: int = Field(2000, ge=0)
+    loader_workers: int = Field(1, ge=0)
+    in_memory: Literal["auto", "always", "never"] = "auto"
+    """auto: lifting-only runs (no image modality) keep all 2D/3D arrays on the device."""
+    virtual_camera_augmentation: bool = True
+    """Re-project each training 3D pose through a random virtual camera (in-memory path)."""
+    on_error: Literal["raise", "skip"] = "raise"
+
+    @field_validator("image_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"must be a power of two (32..512), got {v}")
+        return v
+
+
+class ModelConfig(_Strict):
+    latent_dim: int = Field(100, ge=2, le=2048)
+    hidden: int = Field(512, ge=16, le=8192)
+    blocks: int = Field(5, ge=1, le=16)
+    batch_norm: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    residual: bool = False
+    deterministic: bool = False
+    """True: the same MLP without the VAE (Martinez-style baseline; no sampling, no KL)."""
+    image_pretrained: str | None = None
+    """Local path to ImageNet ResNet-18 weights, or 'torchvision' for torchvision's cache."""
+
+
+class BetaConfig(_Strict):
+    kind: Literal["constant", "linear", "cyclical"] = "constant"
+    max: float = Field(0.001, ge=0.0)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    cycles: int = Field(4, ge=1)
+    ratio: float = Field(0.5, gt=0.0, le=1.0)
+
+
+class LossConfig(_Strict):
+    pairs: dict[str, float] = Field(default_factory=lambda: {"pose2d_to_pose3d": 1.0})
+    """Encoder->decoder pairs ("SRC_to_DST") and their weights."""
+    schedule: Literal["alternate", "sum"] = "alternate"
+    pose_loss: Literal["mse", "l1"] = "mse"
+    beta: BetaConfig = Field(default_factory=BetaConfig)
+    reprojection_weight: float = Field(0.0, ge=0.0)
+    use_3d_labels: bool = True
+    """False: 3D targets are never used; train through the reprojection loss only."""
+
+    @field_validator("pairs")
+    @classmethod
+    def _known_pairs(cls, pairs: dict[str, float]) -> dict[str, float]:
+        if not pairs:
+            raise ValueError("at least one encoder->decoder pair is needed")
+        for name, weight in pairs.items():
+            src, sep, dst = name.partition("_to_")
+            if not sep or src not in ENCODER_MODALITIES or dst not in DECODER_MODALITIES:
+                raise ValueError(
+                    f"unknown pair {name!r}: use SRC_to_DST with SRC in {ENCODER_MODALITIES} "
+                    f"and DST in {DECODER_MODALITIES}")
+            if weight < 0:
+                raise ValueError(f"pair {name!r} has a negative weight {weight}")
+        return pairs
+
+    def pair_list(self) -> list[tuple[str, str, float]]:
+        """[(src, dst, weight)] for pairs with a positive weight."""
+        return [(*name.split("_to_"), w) for name, w in self.pairs.items() if w > 0]
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    lr_schedule: Literal["cosine", "step", "none"] = "cosine"
+    grad_clip: float = Field(1.0, ge=0.0)
+    """Max gradient norm; 0 disables clipping."""
+    amp: bool = True
+    """bf16 autocast on GPU (ignored on CPU)."""
+    seed: int = 0
+    eval_hypotheses: int = Field(10, ge=1)
+    """K for the best-of-K validation metric reported beside the deterministic one."""
+    steps_per_epoch: int | None = Field(None, ge=1)
+    """Cap on optimiser steps per epoch (small searches); None: one pass over the train split."""
+    val_max_samples: int | None = Field(None, ge=1)
+    tensorboard_images_every: int = Field(5, ge=0)
+
+
+class ScalingConfig(_Strict):
+    workers: int = Field(2, ge=1)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+
+
+class RunConfig(_Strict):
+    name: str = "hpe-ray"
+    storage: str = "runs"
+    max_failures: int = Field(2, ge=0)
+    checkpoints_to_keep: int = Field(2, ge=1)
+
+
+class Config(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if not self.loss.use_3d_labels and self.loss.reprojection_weight <= 0:
+            raise ValueError("loss.use_3d_labels is false, so loss.reprojection_weight must be > 0")
+        return self
+
+    @property
+    def modalities(self) -> tuple[set[str], set[str]]:
+        """(encoder modalities, decoder modalities) used by the configured pairs."""
+        pairs = self.loss.pair_list()
+        return {s for s, _, _ in pairs}, {d for _, d, _ in pairs}
+
+    @property
+    def uses_images(self) -> bool:
+        enc, dec = self.modalities
+        return "rgb" in enc or "rgb" in dec
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """A copy with dotted keys replaced, e.g. {"model.latent_dim": 32}; validated."""
+        return config_from_dict(apply_overrides(self.model_dump(), overrides), origin="overrides")
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.model_dump(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (copy). "loss.pairs.rgb_to_pose3d" creates the pair."""
+    import copy
+
+    out = copy.deepcopy(tree)
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for i, part in enumerate(parents):
+            child = node.get(part)
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parents[:i + 1])}: not a section, cannot set {dotted!r}")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(tree: dict[str, Any] | None, origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(tree or {})
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, origin)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config file; unknown keys and bad values raise ConfigError naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return config_from_dict(apply_overrides(tree, overrides or {}), origin=str(path))

@@ -1,0 +1,102 @@
+"""Human3.6M evaluation metrics, as in VideoPose3D and the protocols of the literature.
+
+Each function takes numpy arrays or torch tensors (the backend follows the input type) with
+any leading batch dims; errors are in the unit of the input (mm for Protocol 1/2).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from hpe_ray.camera import array_module
+
+
+def per_joint_error(pred, gt):
+    """Euclidean error of each joint: (..., J, 3) -> (..., J)."""
+    _check_same_shape(pred, gt, "per_joint_error")
+    diff = pred - gt
+    return (diff * diff).sum(-1) ** 0.5
+
+
+def mpjpe(pred, gt):
+    """Mean per-joint position error (Protocol 1 on root-relative poses): (..., J, 3) -> (...)."""
+    return per_joint_error(pred, gt).mean(-1)
+
+
+def n_mpjpe(pred, gt):
+    """MPJPE after the least-squares scale s = <pred, gt> / <pred, pred> per pose: (..., J, 3) -> (...)."""
+    _check_same_shape(pred, gt, "n_mpjpe")
+    scale = (pred * gt).sum((-2, -1)) / (pred * pred).sum((-2, -1))
+    return mpjpe(scale[..., None, None] * pred, gt)
+
+
+def procrustes_align(pred, gt):
+    """`pred` moved onto `gt` by the best similarity transform (scale, rotation, translation).
+
+    (..., J, 3) -> (..., J, 3). Both are centred and scaled to unit norm; the rotation comes from
+    the SVD of their cross-covariance, and a reflection is turned into a rotation by flipping
+    the sign of the last singular vector (and value), as in VideoPose3D's p_mpjpe.
+    """
+    _check_same_shape(pred, gt, "procrustes_align")
+    xp = array_module(pred)
+    mean_gt, mean_pred = gt.mean(-2)[..., None, :], pred.mean(-2)[..., None, :]
+    gt_centred, pred_centred = gt - mean_gt, pred - mean_pred
+    norm_gt = ((gt_centred * gt_centred).sum((-2, -1)) ** 0.5)[..., None, None]
+    norm_pred = ((pred_centred * pred_centred).sum((-2, -1)) ** 0.5)[..., None, None]
+    gt_unit, pred_unit = gt_centred / norm_gt, pred_centred / norm_pred
+
+    cross_covariance = gt_unit.swapaxes(-2, -1) @ pred_unit  # (..., 3, 3)
+    u, singular_values, vt = xp.linalg.svd(cross_covariance)
+    v = vt.swapaxes(-2, -1)
+    reflection_sign = xp.sign(xp.linalg.det(v @ u.swapaxes(-2, -1)))
+    # Multiplies only the last column of V and the last singular value by sign(det R).
+    last_axis_sign = xp.concatenate(
+        [xp.ones_like(singular_values[..., :2]), reflection_sign[..., None]], axis=-1)
+    v = v * last_axis_sign[..., None, :]
+    rotation = v @ u.swapaxes(-2, -1)
+    scale = (singular_values * last_axis_sign).sum(-1)[..., None, None] * norm_gt / norm_pred
+    translation = mean_gt - scale * (mean_pred @ rotation)
+    return scale * (pred @ rotation) + translation
+
+
+def pa_mpjpe(pred, gt):
+    """Protocol 2: MPJPE after Procrustes alignment of each pose: (..., J, 3) -> (...)."""
+    return mpjpe(procrustes_align(pred, gt), gt)
+
+
+def best_of_k(errors):
+    """Multi-hypothesis error: the smallest of K errors per frame, (N, K) -> (N,)."""
+    return array_module(errors).amin(errors, -1)
+
+
+def per_action_table(errors, actions) -> dict[str, float]:
+    """Mean error per action plus "Average", the unweighted mean over actions.
+
+    errors (N,) per frame; actions (N,) labels. Frames of one label are pooled (frame-weighted),
+    so the caller passes labels with sub-actions already merged ("Walking", not "Walking 1").
+    """
+    errors = _to_numpy(errors).reshape(-1)
+    actions = [str(action) for action in actions]
+    if len(actions) != len(errors) or len(errors) == 0:
+        raise ValueError(f"hpe_ray.metrics.per_action_table: need one action per error and at least one "
+                         f"frame, got {len(errors)} errors and {len(actions)} actions")
+    errors_by_action: dict[str, list[float]] = defaultdict(list)
+    for error, action in zip(errors.tolist(), actions):
+        errors_by_action[action].append(error)
+    table = {action: float(np.mean(errors_by_action[action])) for action in sorted(errors_by_action)}
+    table["Average"] = float(np.mean(list(table.values())))
+    return table
+
+
+def _to_numpy(x) -> np.ndarray:
+    if array_module(x) is np:
+        return np.asarray(x, dtype=np.float64)
+    return x.detach().cpu().double().numpy()
+
+
+def _check_same_shape(pred, gt, name: str) -> None:
+    if tuple(pred.shape) != tuple(gt.shape) or pred.shape[-1] != 3:
+        raise ValueError(f"hpe_ray.metrics.{name}: pred and gt must both be (..., J, 3), "
+                         f"got {tuple(pred.shape)} and {tuple(gt.shape)}")
