@@ -215,11 +215,11 @@ def normalized_to_pixels(keypoints_2d_normalized, focal_px, center_px):
 
 def _intrinsics_vector(intrinsics, like):
     """Intrinsics or (..., 9) vector -> (..., 1, 9) in the backend of `like`, broadcasting over joints."""
-    vector = intrinsics.as_vector() if isinstance(intrinsics, Intrinsics) else intrinsics
-    if vector.shape[-1] != 9:
+    vector = as_array_like(intrinsics.as_vector() if isinstance(intrinsics, Intrinsics) else intrinsics, like)
+    if vector.ndim == 0 or vector.shape[-1] != 9:
         raise ValueError(f"hpe_ray.camera: intrinsics vector must end in 9 values "
                          f"[fx, fy, cx, cy, k1, k2, k3, p1, p2], got shape {tuple(vector.shape)}")
-    return _per_joint(as_array_like(vector, like))
+    return _per_joint(vector)
 
 
 def _per_joint(per_sample):

@@ -96,10 +96,15 @@ def reprojection_loss(pred_pose_3d_cam_mm_rootrel: torch.Tensor, keypoints_2d_px
                          f"{tuple(keypoints_2d_px.shape)} differ in batch or joint count")
     if intrinsics.shape != (keypoints_2d_px.shape[0], 9):
         raise ValueError(f"intrinsics must be (B, 9), got {tuple(intrinsics.shape)}")
-    focal_px, center_px = intrinsics[:, 0:2], intrinsics[:, 2:4]
-    target_norm = pixels_to_normalized(keypoints_2d_px, focal_px, center_px)
-    root_mm = estimate_root_translation(pred_pose_3d_cam_mm_rootrel, target_norm, root_depth_mm)
-    placed = pred_pose_3d_cam_mm_rootrel + root_mm[:, None, :]
-    placed = torch.cat([placed[..., :2], placed[..., 2:].clamp(min=min_depth_mm)], dim=-1)
-    projected_norm = pixels_to_normalized(project_to_pixels(placed, intrinsics), focal_px, center_px)
-    return reconstruction_loss(projected_norm, target_norm, kind)
+    # At least float32 and outside autocast: bf16 cannot resolve a pixel in normalised
+    # coordinates, and linalg.solve has no half-precision kernel.
+    dtype = torch.promote_types(pred_pose_3d_cam_mm_rootrel.dtype, torch.float32)
+    with torch.autocast(pred_pose_3d_cam_mm_rootrel.device.type, enabled=False):
+        pose_mm, intrinsics = pred_pose_3d_cam_mm_rootrel.to(dtype), intrinsics.to(dtype)
+        focal_px, center_px = intrinsics[:, 0:2], intrinsics[:, 2:4]
+        target_norm = pixels_to_normalized(keypoints_2d_px.to(dtype), focal_px, center_px)
+        root_mm = estimate_root_translation(pose_mm, target_norm, root_depth_mm)
+        placed = pose_mm + root_mm[:, None, :]
+        placed = torch.cat([placed[..., :2], placed[..., 2:].clamp(min=min_depth_mm)], dim=-1)
+        projected_norm = pixels_to_normalized(project_to_pixels(placed, intrinsics), focal_px, center_px)
+        return reconstruction_loss(projected_norm, target_norm, kind)

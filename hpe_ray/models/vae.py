@@ -1,0 +1,122 @@
+"""The cross-modal VAE (after Spurr et al., CVPR 2018): modality encoders into one latent space,
+modality decoders out of it, trained pair by pair (e.g. pose2d -> pose3d, rgb -> pose3d).
+
+Modalities: "pose2d" (B, 16, 2) and "pose3d" (B, 16, 3) normalised root-less poses, "rgb"
+(B, 3, S, S) crops in [-1, 1]. A lifting-only model has encoders {"pose2d"}, decoders {"pose3d"}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from hpe_ray.models.decoders import ImageDecoder, PoseDecoder2D, PoseDecoder3D
+from hpe_ray.models.encoders import ImageEncoder, PoseEncoder2D
+
+ENCODER_MODALITIES = ("pose2d", "rgb")
+DECODER_MODALITIES = ("pose3d", "pose2d", "rgb")
+# Where each modality lives in a batch dict of hpe_ray.data.stream.make_loader.
+BATCH_KEY = {"pose2d": "pose_2d", "pose3d": "pose_3d", "rgb": "image"}
+
+
+def _checked(names: Iterable[str], known: tuple[str, ...], role: str) -> list[str]:
+    names = sorted(set(names))  # sorted: the same parameter creation order on every worker
+    if not names:
+        raise ValueError(f"CrossModalVAE needs at least one {role}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown {role} modality {unknown[0]!r}; expected one of {known}")
+    return names
+
+
+class CrossModalVAE(nn.Module):
+    """Encoders and decoders over a shared latent space of size latent_dim.
+
+    MLP options (hidden, blocks, batch_norm, dropout, residual) apply to the pose encoder and
+    decoders. `deterministic=True` is the Martinez-style baseline with the same architecture:
+    no log-variance heads, z = mu, no KL term.
+    """
+
+    def __init__(self, latent_dim: int = 100, encoders: Iterable[str] = ("pose2d",),
+                 decoders: Iterable[str] = ("pose3d",), image_size: int = 128, hidden: int = 512,
+                 blocks: int = 5, batch_norm: bool = False, dropout: float = 0.0, residual: bool = False,
+                 image_pretrained: str | None = None, deterministic: bool = False, num_joints: int = 16,
+                 allow_download: bool = False):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.deterministic = deterministic
+        mlp = dict(hidden=hidden, blocks=blocks, batch_norm=batch_norm, dropout=dropout, residual=residual)
+        variational = not deterministic
+        builders_in = {
+            "pose2d": lambda: PoseEncoder2D(latent_dim, num_joints, **mlp, variational=variational),
+            "rgb": lambda: ImageEncoder(latent_dim, image_pretrained, allow_download=allow_download,
+                                        variational=variational),
+        }
+        builders_out = {
+            "pose3d": lambda: PoseDecoder3D(latent_dim, num_joints, **mlp),
+            "pose2d": lambda: PoseDecoder2D(latent_dim, num_joints, **mlp),
+            "rgb": lambda: ImageDecoder(latent_dim, image_size),
+        }
+        self.encoders = nn.ModuleDict(
+            {m: builders_in[m]() for m in _checked(encoders, ENCODER_MODALITIES, "encoder")})
+        self.decoders = nn.ModuleDict(
+            {m: builders_out[m]() for m in _checked(decoders, DECODER_MODALITIES, "decoder")})
+
+    def encode(self, modality: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x of `modality` -> (mu, logvar), each (B, latent_dim); logvar is None when deterministic."""
+        if modality not in self.encoders:
+            raise ValueError(f"this model has no {modality!r} encoder (it has {list(self.encoders)})")
+        return self.encoders[modality](x)
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """A sample z ~ N(mu, exp(logvar)), differentiable in mu and logvar; (..., D)."""
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    def decode(self, modality: str, z: torch.Tensor) -> torch.Tensor:
+        """z (B, latent_dim) -> (B, ...) of `modality`."""
+        if modality not in self.decoders:
+            raise ValueError(f"this model has no {modality!r} decoder (it has {list(self.decoders)})")
+        return self.decoders[modality](z)
+
+    def forward(self, src: str, dst: str, batch_inputs: Mapping[str, torch.Tensor],
+                sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Encode `src` from the batch dict, decode `dst`: (recon, mu, logvar).
+
+        The module's forward so that a DistributedDataParallel wrapper can be called directly:
+        `ddp_model("pose2d", "pose3d", batch)`. sample=False (or deterministic) decodes z = mu.
+        """
+        key = BATCH_KEY[src]
+        if key not in batch_inputs:
+            raise KeyError(f"batch has no {key!r}, needed by the {src!r} encoder (keys: {sorted(batch_inputs)})")
+        mu, logvar = self.encode(src, batch_inputs[key])
+        z = self.reparameterize(mu, logvar) if sample and logvar is not None else mu
+        return self.decode(dst, z), mu, logvar
+
+    def forward_pair(self, src: str, dst: str, batch_inputs: Mapping[str, torch.Tensor],
+                     sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Same as calling the module: (recon, mu, logvar) for the pair src -> dst."""
+        return self(src, dst, batch_inputs, sample)
+
+    def lift(self, pose_2d_norm: torch.Tensor, num_samples: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised 2D (B, 16, 2) -> (mean (B, 16, 3), samples (B, K, 16, 3) or None).
+
+        The mean decodes z = mu; the K hypotheses (for best-of-K) decode z ~ N(mu, sigma) of the
+        2D-conditioned posterior. Gradients and train/eval mode are left to the caller.
+        """
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        mu, logvar = self.encode("pose2d", pose_2d_norm)
+        mean = self.decode("pose3d", mu)
+        if num_samples == 0:
+            return mean, None
+        if logvar is None:
+            raise ValueError("a deterministic model has no posterior to sample; use num_samples=0")
+        batch = mu.shape[0]
+        mu_k = mu.unsqueeze(1).expand(batch, num_samples, self.latent_dim)
+        logvar_k = logvar.unsqueeze(1).expand(batch, num_samples, self.latent_dim)
+        z = self.reparameterize(mu_k, logvar_k).reshape(batch * num_samples, self.latent_dim)
+        samples = self.decode("pose3d", z)
+        return mean, samples.view(batch, num_samples, *samples.shape[1:])
