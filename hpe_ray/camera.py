@@ -14,21 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def array_module(x):
-    """numpy or torch, whichever `x` belongs to; torch is imported only when given a tensor."""
-    if type(x).__module__.startswith("torch"):
-        import torch
-        return torch
-    return np
-
-
-def as_array_like(values, like):
-    """`values` as an array of the same backend as `like` (and, for torch, same dtype/device)."""
-    if array_module(like) is np:
-        return np.asarray(values)
-    import torch
-    return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+from hpe_ray.backend import array_module, as_array_like
 
 
 # eq=False: fields are arrays, so generated __eq__/__hash__ would be ambiguous or fail.

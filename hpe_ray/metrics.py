@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from hpe_ray.camera import array_module
+from hpe_ray.backend import array_module
 
 
 def per_joint_error(pred, gt):

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hpe_ray.camera import array_module, as_array_like, pixels_to_normalized
+from hpe_ray.backend import array_module, as_array_like
+from hpe_ray.camera import pixels_to_normalized
 from hpe_ray.skeleton import NUM_JOINTS, ROOT
 
 MODES_2D = ("camera", "pixel")
