@@ -1,0 +1,214 @@
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import webdataset as wds
+
+from hpe_ray import normalization
+from hpe_ray.data import shards, stream
+from hpe_ray.data.sample import BadSampleError
+from test_shards import make_samples, make_splits, write_dataset
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    """23 training samples in shards of 5, 5, 5, 5, 3 (uneven), 4 val, 3 test; 24 px crops."""
+    write_dataset(tmp_path / "data", make_splits(train=23), max_samples_per_shard=5)
+    return tmp_path / "data"
+
+
+def _loader(data_dir, split="train", *, batch_size=4, with_images=False, **kw):
+    kw.setdefault("image_size", 24)
+    kw.setdefault("num_workers", 0)
+    return stream.make_loader(data_dir, split, batch_size, with_images=with_images,
+                              stats=stream.load_stats(data_dir), shuffle_buffer=8, **kw)
+
+
+def _eval_loader(data_dir, split="train", *, batch_size=4, with_images=False, **kw):
+    return stream.make_eval_loader(data_dir, split, batch_size, with_images=with_images, image_size=24,
+                                   stats=stream.load_stats(data_dir), **kw)
+
+
+def test_load_pose_arrays_matches_the_samples(dataset):
+    arrays = stream.load_pose_arrays(dataset, "train")
+    originals = make_samples(23, "S1", seed=1)
+    assert len(arrays) == 23 and arrays.keypoints_2d_px.shape == (23, 17, 2)
+    assert arrays.key.tolist() == [s.key for s in originals]
+    np.testing.assert_array_equal(arrays.pose_3d_cam_mm, np.stack([s.pose_3d_cam_mm for s in originals]))
+    np.testing.assert_array_equal(arrays.intrinsics[5], originals[5].intrinsics.as_vector())
+    assert arrays.frame.tolist() == list(range(23))
+    assert (arrays.subject[0], arrays.action[2]) == ("S1", "Sitting Down")
+    assert arrays.camera_id[1] == originals[1].camera_id
+
+
+def test_batches_are_normalised_with_the_stats(dataset):
+    stats = stream.load_stats(dataset)
+    arrays = stream.load_pose_arrays(dataset, "train")
+    row = {key: i for i, key in enumerate(arrays.key)}
+    batch = next(iter(_loader(dataset, with_images=True, image_size=16)))
+    index = [row[key] for key in batch["key"]]
+    intrinsics = arrays.intrinsics[index]
+    expected_2d = normalization.normalize_2d(arrays.keypoints_2d_px[index], intrinsics[:, :2], intrinsics[:, 2:4],
+                                             stats)
+    expected_3d = normalization.normalize_3d(arrays.pose_3d_cam_mm[index], stats)
+    np.testing.assert_allclose(batch["pose_2d"].numpy(), expected_2d, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batch["pose_3d"].numpy(), expected_3d, rtol=1e-5, atol=1e-5)
+    relative = arrays.pose_3d_cam_mm[index] - arrays.pose_3d_cam_mm[index, :1]
+    np.testing.assert_allclose(batch["pose_3d_cam_mm"].numpy(), relative, atol=1e-3)
+    assert batch["pose_3d_cam_mm"].shape == (4, 17, 3) and batch["intrinsics"].shape == (4, 9)
+    assert batch["action"] == arrays.action[index].tolist() and batch["subject"] == ["S1"] * 4
+    assert batch["image"].shape == (4, 3, 16, 16) and batch["image"].dtype == torch.float32  # resized from 24
+    assert -1 <= batch["image"].min() and batch["image"].max() <= 1
+
+
+def test_image_pixels_map_to_minus_one_one(dataset):
+    batch = next(iter(_eval_loader(dataset, batch_size=2, with_images=True)))
+    stored = [s.image for s in stream.iter_samples(dataset, "train")][:2]
+    np.testing.assert_allclose(batch["image"].permute(0, 2, 3, 1).numpy(), np.stack(stored) / 127.5 - 1, atol=1e-6)
+
+
+def test_ranks_get_the_same_number_of_batches_from_uneven_shards(dataset):
+    per_rank = []
+    for rank in (0, 1):
+        loader = _loader(dataset, rank=rank, world_size=2)
+        epochs = [[len(batch["key"]) for batch in loader] for _ in range(2)]
+        per_rank.append(epochs)
+    # ceil(23 / (2 ranks * 4)) = 3 full batches, every epoch, on both ranks.
+    assert per_rank == [[[4, 4, 4], [4, 4, 4]]] * 2
+
+
+def test_rank_comes_from_the_environment(dataset, monkeypatch):
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert stream.distributed_rank_and_world_size() == (2, 3)
+    assert len(list(_loader(dataset))) == 2  # ceil(23 / (3 * 4))
+    with pytest.raises(ValueError, match="rank"):
+        _loader(dataset, rank=3)
+
+
+def test_training_stream_follows_the_seed(dataset):
+    def first_keys(seed):
+        return [key for batch in _loader(dataset, seed=seed, batches_per_epoch=2) for key in batch["key"]]
+
+    assert first_keys(0) == first_keys(0)
+    assert first_keys(0) != first_keys(1)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_eval_loader_visits_every_sample_once_across_ranks(dataset, num_workers):
+    keys = Counter()
+    per_rank = []
+    for rank in range(3):
+        batches = list(_eval_loader(dataset, rank=rank, world_size=3, num_workers=num_workers))
+        per_rank.append(sum(len(b["key"]) for b in batches))
+        keys.update(key for b in batches for key in b["key"])
+    assert sorted(keys) == sorted(stream.load_pose_arrays(dataset, "train").key.tolist())
+    assert set(keys.values()) == {1}
+    assert per_rank == [8, 8, 7]
+
+
+def test_poses_only_reading_never_decodes_a_jpeg(dataset, monkeypatch):
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a JPEG was decoded")
+
+    monkeypatch.setattr(PIL.Image, "open", no_decoding)
+    assert len(stream.load_pose_arrays(dataset, "train")) == 23
+    assert len(next(iter(_loader(dataset)))["key"]) == 4
+    assert sum(len(b["key"]) for b in _eval_loader(dataset)) == 23
+    with pytest.raises(AssertionError, match="JPEG was decoded"):  # the check itself works
+        next(iter(_loader(dataset, with_images=True)))
+
+
+def _rewrite_shard(path: Path, records: list[dict]) -> None:
+    with wds.TarWriter(str(path), encoder=False) as writer:
+        for record in records:
+            writer.write(record)
+
+
+@pytest.fixture
+def bad_dataset(dataset) -> tuple[Path, list[str]]:
+    """Shard train-000001 rewritten with a NaN sample, a 16-joint sample and a missing field."""
+    samples = make_samples(23, "S1", seed=1)[5:10]
+    samples[0].pose_3d_cam_mm = samples[0].pose_3d_cam_mm.copy()
+    samples[0].pose_3d_cam_mm[2, 1] = np.nan
+    samples[1].keypoints_2d_px = samples[1].keypoints_2d_px[:16]
+    records = [shards.encode_sample(s, "test") for s in samples]
+    del records[3]["pose3d.npy"]
+    _rewrite_shard(dataset / "train-000001.tar", records)
+    # As if the writer itself had stored them: the manifest agrees with the shard's size.
+    manifest = shards.load_manifest(dataset)
+    manifest["splits"]["train"]["shard_bytes"][1] = (dataset / "train-000001.tar").stat().st_size
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    return dataset, [samples[i].key for i in (0, 1, 3)]
+
+
+def test_skip_mode_counts_bad_samples(bad_dataset, caplog):
+    data_dir, bad_keys = bad_dataset
+    report = stream.verify_shards(data_dir, on_error="skip")
+    assert report["train"] == {"samples": 20, "skipped": {
+        "pose_3d_cam_mm contains NaN or infinite coordinates": 1,
+        "keypoints_2d_px has shape (16, 2), expected (17, 2)": 1,
+        "missing pose3d.npy": 1}}
+    assert report["val"] == {"samples": 4, "skipped": {}}
+    arrays = stream.load_pose_arrays(data_dir, "train", on_error="skip")
+    assert len(arrays) == 20 and not set(bad_keys) & set(arrays.key)
+    assert all(key in caplog.text for key in bad_keys)
+    loader = _eval_loader(data_dir, on_error="skip")
+    assert sum(len(b["key"]) for b in loader) == 20
+    assert sum(loader.skips.counts.values()) == 3
+
+
+def test_raise_mode_names_the_shard_and_key(bad_dataset):
+    data_dir, bad_keys = bad_dataset
+    pattern = rf"train-000001\.tar: sample '{bad_keys[0]}': pose_3d_cam_mm contains NaN"
+    with pytest.raises(BadSampleError, match=pattern):
+        stream.verify_shards(data_dir)
+    with pytest.raises(BadSampleError, match=pattern):
+        stream.load_pose_arrays(data_dir, "train")
+    with pytest.raises(BadSampleError, match=pattern):
+        _loader(data_dir)  # before the first batch
+    with pytest.raises(BadSampleError, match=pattern):
+        list(_eval_loader(data_dir, verify=False))  # and while streaming
+
+
+def test_truncated_shard_is_named(dataset):
+    loader = _eval_loader(dataset, verify=False)
+    shard = dataset / "train-000002.tar"
+    shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
+    with pytest.raises(BadSampleError, match=r"train-000002\.tar: truncated or corrupt tar"):
+        list(loader)  # cut while streaming
+    with pytest.raises(BadSampleError, match=r"train-000002\.tar: \d+ bytes, the manifest says \d+"):
+        _loader(dataset, verify=False)  # seen from the size alone
+    with pytest.raises(BadSampleError, match=r"train-000002\.tar: .*runs past the end"):
+        stream.verify_shards(dataset)
+    report = stream.verify_shards(dataset, ["train"], on_error="skip")
+    assert report["train"]["samples"] < 23 and sum(report["train"]["skipped"].values()) == 1
+
+
+@pytest.mark.parametrize("damage", ["cut", "garble"])
+def test_damage_tarfile_reads_as_the_end_is_caught_by_the_count(dataset, damage):
+    """tarfile takes a tar cut at a member boundary, or a garbled header, for the end of the
+    archive: the sample count in the manifest catches both."""
+    shard = dataset / "train-000000.tar"
+    with tarfile.open(shard) as tar:
+        fourth_sample = [m.offset for m in tar.getmembers() if m.name.endswith(".intr.npy")][3]
+    data = shard.read_bytes()
+    if damage == "cut":
+        shard.write_bytes(data[:fourth_sample])
+    else:
+        shard.write_bytes(data[:fourth_sample] + b"\xff" * 100 + data[fourth_sample + 100:])
+    with pytest.raises(BadSampleError, match=r"train-000000\.tar: holds 3 samples, the manifest says 5"):
+        stream.verify_shards(dataset)
+
+
+def test_missing_images_and_splits_are_refused_early(tmp_path):
+    write_dataset(tmp_path / "data", make_splits(image_px=None))
+    with pytest.raises(BadSampleError, match="images for 0 of 10"):
+        _loader(tmp_path / "data", with_images=True)
+    with pytest.raises(ValueError, match="no split 'extra'"):
+        stream.load_pose_arrays(tmp_path / "data", "extra")
