@@ -46,6 +46,22 @@ def test_load_pose_arrays_matches_the_samples(dataset):
     assert arrays.camera_id[1] == originals[1].camera_id
 
 
+def test_poses_index_equals_the_shards(dataset):
+    from_index = stream.load_pose_arrays(dataset, "train")
+    from_tars = stream.load_pose_arrays(dataset, "train", use_index=False)
+    for name in ("key", "keypoints_2d_px", "pose_3d_cam_mm", "intrinsics", "subject", "action", "camera_id", "frame"):
+        np.testing.assert_array_equal(getattr(from_index, name), getattr(from_tars, name))
+
+
+def test_poses_index_that_disagrees_with_the_manifest_is_named(dataset):
+    index_path = dataset / "train-poses.npz"
+    with np.load(index_path) as index:
+        columns = {name: index[name][:-1] for name in index.files}
+    np.savez(index_path, **columns)
+    with pytest.raises(BadSampleError, match=r"train-poses\.npz: poses index does not match the manifest"):
+        stream.load_pose_arrays(dataset, "train")
+
+
 def test_batches_are_normalised_with_the_stats(dataset):
     stats = stream.load_stats(dataset)
     arrays = stream.load_pose_arrays(dataset, "train")
@@ -155,7 +171,7 @@ def test_skip_mode_counts_bad_samples(bad_dataset, caplog):
         "keypoints_2d_px has shape (16, 2), expected (17, 2)": 1,
         "missing pose3d.npy": 1}}
     assert report["val"] == {"samples": 4, "skipped": {}}
-    arrays = stream.load_pose_arrays(data_dir, "train", on_error="skip")
+    arrays = stream.load_pose_arrays(data_dir, "train", on_error="skip", use_index=False)
     assert len(arrays) == 20 and not set(bad_keys) & set(arrays.key)
     assert all(key in caplog.text for key in bad_keys)
     loader = _eval_loader(data_dir, on_error="skip")
@@ -169,7 +185,7 @@ def test_raise_mode_names_the_shard_and_key(bad_dataset):
     with pytest.raises(BadSampleError, match=pattern):
         stream.verify_shards(data_dir)
     with pytest.raises(BadSampleError, match=pattern):
-        stream.load_pose_arrays(data_dir, "train")
+        stream.load_pose_arrays(data_dir, "train", use_index=False)
     with pytest.raises(BadSampleError, match=pattern):
         _loader(data_dir)  # before the first batch
     with pytest.raises(BadSampleError, match=pattern):

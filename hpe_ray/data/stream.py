@@ -231,8 +231,17 @@ def iter_samples(data_dir: str | os.PathLike, split: str, *, with_images: bool =
                           read_exts=_WITH_IMAGES if with_images else _POSES_ONLY)
 
 
-def load_pose_arrays(data_dir: str | os.PathLike, split: str, on_error: str = "raise") -> PoseArrays:
-    """All poses of a split in memory, in shard order, without reading a single JPEG."""
+def load_pose_arrays(data_dir: str | os.PathLike, split: str, on_error: str = "raise", *,
+                     use_index: bool = True) -> PoseArrays:
+    """All poses of a split in memory, in shard order, without reading a single JPEG.
+
+    Reads the split's poses index (written beside the shards) when there is one and use_index,
+    else parses the tars (on_error applies to those).
+    """
+    manifest = load_manifest(data_dir)
+    entry = _split_entry(manifest, data_dir, split)
+    if use_index and entry.get("poses_index"):
+        return _read_poses_index(Path(data_dir) / entry["poses_index"], entry["count"])
     blocks, rows = [], []
     for sample in _split_samples(data_dir, split, SkipLog(on_error), read_exts=_POSES_ONLY):
         rows.append(sample)
@@ -244,6 +253,19 @@ def load_pose_arrays(data_dir: str | os.PathLike, split: str, on_error: str = "r
     if not blocks:
         raise BadSampleError(f"{data_dir}: split {split!r} has no usable samples")
     return PoseArrays.concatenate(blocks)
+
+
+def _read_poses_index(path: Path, expected_count: int) -> PoseArrays:
+    try:
+        with np.load(path, allow_pickle=False) as index:
+            arrays = PoseArrays(**{f.name: index[f.name] for f in fields(PoseArrays)})
+    except (OSError, ValueError, KeyError) as err:
+        raise BadSampleError(f"{path}: unreadable poses index ({err}); convert the data again") from None
+    if len(arrays) != expected_count or not (
+            np.isfinite(arrays.keypoints_2d_px).all() and np.isfinite(arrays.pose_3d_cam_mm).all()):
+        raise BadSampleError(f"{path}: poses index does not match the manifest ({len(arrays)} samples, "
+                             f"manifest says {expected_count}) or holds non-finite values")
+    return arrays
 
 
 def verify_shards(data_dir: str | os.PathLike, splits: list[str] | None = None, *,
