@@ -1,0 +1,157 @@
+"""Checkpoints: one torch file with everything needed to resume or evaluate, plus side files.
+
+A checkpoint directory holds
+
+    checkpoint.pt   torch.save of a dict of plain types and tensors (loadable with weights_only)
+    config.yaml     the run's Config, for humans and for `load_config`
+    stats.json      the NormStats the model was trained with
+    metrics.json    the metrics reported with this checkpoint (lets a run directory be ranked
+                    without unpickling every checkpoint)
+
+Ray Train copies such a directory into `<storage>/<run name>/checkpoint_<timestamp>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpe_ray.config import Config, config_from_dict
+from hpe_ray.models import CrossModalVAE
+from hpe_ray.normalization import NormStats
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+RANKING_METRIC = "val_mpjpe"
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model rebuilt from a checkpoint, in eval mode, and what was saved with it.
+
+    state: the raw saved dict (optimizer, scheduler, extra) for resuming.
+    """
+
+    model: CrossModalVAE
+    cfg: Config
+    stats: NormStats
+    epoch: int
+    metrics: dict[str, float]
+    state: dict[str, Any]
+    path: Path
+
+
+def build_model(cfg: Config, *, load_pretrained: bool = True) -> CrossModalVAE:
+    """The CrossModalVAE a config describes: encoders and decoders of the configured pairs.
+
+    load_pretrained=False skips the ImageNet weights (their values are overwritten by a
+    checkpoint anyway, and the file may not exist where the checkpoint is evaluated).
+    """
+    encoders, decoders = cfg.modalities
+    m = cfg.model
+    return CrossModalVAE(
+        latent_dim=m.latent_dim, encoders=encoders, decoders=decoders, image_size=cfg.data.image_size,
+        hidden=m.hidden, blocks=m.blocks, batch_norm=m.batch_norm, dropout=m.dropout, residual=m.residual,
+        deterministic=m.deterministic, image_pretrained=m.image_pretrained if load_pretrained else None)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel (or the model itself), so state keys carry no
+    "module." prefix and a checkpoint loads into a plain model."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def save_checkpoint(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, stats: NormStats, cfg: Config,
+                    epoch: int, metrics: dict[str, float], extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory (created if missing); returns the path of checkpoint.pt.
+
+    epoch: the number of completed epochs (the reported `epoch`; training resumes at this
+    0-based epoch index). extra: plain values to resume with (global step, running best, ...).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "stats": stats.to_dict(),
+        "config": cfg.model_dump(),
+        "epoch": int(epoch),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "extra": dict(extra or {}),
+    }
+    path = directory / CHECKPOINT_FILE
+    torch.save(state, path)
+    cfg.to_yaml(directory / "config.yaml")
+    (directory / "stats.json").write_text(json.dumps(stats.to_dict(), indent=1))
+    (directory / METRICS_FILE).write_text(json.dumps({"epoch": int(epoch), **state["metrics"]}, indent=1))
+    return path
+
+
+def load_checkpoint(path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Load a checkpoint and rebuild its model in eval mode.
+
+    path: checkpoint.pt, a checkpoint directory (a Ray `Checkpoint` or its local path), or a
+    run directory, from which the checkpoint with the lowest val_mpjpe is taken.
+    """
+    file = resolve_checkpoint_file(path)
+    state = read_checkpoint_state(file, map_location)
+    cfg = config_from_dict(state["config"], origin=str(file))
+    model = build_model(cfg, load_pretrained=False)
+    model.load_state_dict(state["model"])
+    model.to(map_location).eval()
+    return LoadedCheckpoint(model=model, cfg=cfg, stats=NormStats.from_dict(state["stats"]),
+                            epoch=state["epoch"], metrics=state["metrics"], state=state, path=file)
+
+
+def read_checkpoint_state(path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The saved dict of a checkpoint file or directory (for resuming: nothing is rebuilt)."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / CHECKPOINT_FILE
+    try:
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for missing, truncated or foreign files
+        raise ValueError(f"{file}: not a readable hpe-ray checkpoint: {err}") from err
+    missing = {"model", "optimizer", "scheduler", "stats", "config", "epoch", "metrics", "extra"} - set(state)
+    if missing:
+        raise ValueError(f"{file}: not an hpe-ray checkpoint, missing entries {sorted(missing)}")
+    return state
+
+
+def resolve_checkpoint_file(path) -> Path:
+    """checkpoint.pt for a file, a checkpoint directory, or a run directory (best val_mpjpe)."""
+    path = Path(getattr(path, "path", path))  # a ray.train.Checkpoint on the local filesystem
+    if path.is_file():
+        return path
+    if (path / CHECKPOINT_FILE).is_file():
+        return path / CHECKPOINT_FILE
+    if path.is_dir():
+        return best_checkpoint_dir(path) / CHECKPOINT_FILE
+    raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+
+
+def best_checkpoint_dir(run_dir: str | Path) -> Path:
+    """The checkpoint directory of a run with the lowest val_mpjpe (ties: the latest epoch).
+
+    Checkpoints without a finite val_mpjpe rank last.
+    """
+    run_dir = Path(run_dir)
+    candidates = sorted(p.parent for p in run_dir.glob(f"*/{CHECKPOINT_FILE}"))
+    if not candidates:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint directories (*/{CHECKPOINT_FILE}) in this run")
+
+    def rank(directory: Path) -> tuple[float, int]:
+        metrics_file = directory / METRICS_FILE
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        error = float(metrics.get(RANKING_METRIC, math.inf))
+        return (error if math.isfinite(error) else math.inf, -int(metrics.get("epoch", -1)))
+
+    return min(candidates, key=rank)

@@ -1,0 +1,126 @@
+"""Protocol 1 and 2 tables per action for a checkpoint.
+
+Errors are in mm over 17 joints with the root put back at zero, from the same prediction
+function the train loop validates with (`hpe_ray.train.batch_errors`). Averaging is
+action-wise, as in the Human3.6M literature: frames are pooled per action (sub-actions merged,
+all cameras), then "Average" is the unweighted mean over actions. Best of K takes, per frame,
+the smallest error of K hypotheses sampled from the input-conditioned posterior.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpe_ray.checkpoint import LoadedCheckpoint, load_checkpoint
+from hpe_ray.data.stream import load_pose_arrays
+from hpe_ray.metrics import per_action_table
+from hpe_ray.train import array_batches, batch_errors, eval_loader, to_device
+
+# Column of the tables -> key of the per-sample errors, with a K placeholder for best of K.
+_COLUMNS = {"MPJPE (P1)": "mpjpe", "PA-MPJPE (P2)": "pa_mpjpe",
+            "MPJPE best of {k} (P1)": "mpjpe_best_of_k", "PA-MPJPE best of {k} (P2)": "pa_mpjpe_best_of_k"}
+AVERAGE_ROW = "Average (action-wise)"
+AVERAGING_NOTE = ("Average: action-wise (frames pooled per action with sub-actions merged, then the "
+                  "unweighted mean over actions). Errors in mm, 17 joints, root-relative.")
+
+
+@dataclass
+class EvalResult:
+    """Per-sample errors (N,) in mm keyed like `batch_errors`, the action of each sample, and
+    the per-action tables: column name -> {action: mean error, ..., "Average": ...}."""
+
+    checkpoint: Path
+    split: str
+    modality: str
+    hypotheses: int
+    errors: dict[str, np.ndarray]
+    actions: np.ndarray
+    tables: dict[str, dict[str, float]]
+
+
+def base_action(action: str) -> str:
+    """Merge sub-actions: "Walking 1" -> "Walking" (Human3.6M sequence names carry a suffix)."""
+    return re.sub(r"\s+\d+$", "", action)
+
+
+def evaluate_checkpoint(checkpoint, data_dir: str | Path, *, split: str = "test", hypotheses: int = 1,
+                        modality: str = "pose2d", device: str | torch.device = "cpu", seed: int = 0) -> EvalResult:
+    """Evaluate a checkpoint (file, checkpoint directory or run directory) on one split.
+
+    modality: the encoder to lift from, "pose2d" or "rgb". hypotheses: K for best of K; the
+    best-of-K columns appear only for K > 1. seed fixes the sampled hypotheses.
+    """
+    if hypotheses < 1:
+        raise ValueError(f"hypotheses must be >= 1, got {hypotheses}")
+    loaded = load_checkpoint(checkpoint, map_location=device)
+    encoders, decoders = loaded.cfg.modalities
+    if modality not in encoders or "pose3d" not in decoders:
+        raise ValueError(f"{loaded.path}: the model cannot lift from {modality!r} to 3D "
+                         f"(encoders {sorted(encoders)}, decoders {sorted(decoders)})")
+    device = torch.device(device)
+    errors: dict[str, list[np.ndarray]] = {}
+    actions: list[str] = []
+    # Seeded hypotheses without touching the caller's random state.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for batch in _batches(loaded, data_dir, split, modality):
+            batch = to_device(batch, device)
+            for name, values in batch_errors(loaded.model, batch, modality, loaded.stats, hypotheses).items():
+                errors.setdefault(name, []).append(values.cpu().numpy())
+            actions += [base_action(str(a)) for a in batch["action"]]
+    if not actions:
+        raise ValueError(f"{data_dir}: split {split!r} has no samples to evaluate")
+    per_sample = {name: np.concatenate(chunks) for name, chunks in errors.items()}
+    columns = {title.format(k=hypotheses): key for title, key in _COLUMNS.items()
+               if hypotheses > 1 or "best_of_k" not in key}
+    tables = {title: per_action_table(per_sample[key], actions) for title, key in columns.items()}
+    return EvalResult(checkpoint=loaded.path, split=split, modality=modality, hypotheses=hypotheses,
+                      errors=per_sample, actions=np.asarray(actions), tables=tables)
+
+
+def _batches(loaded: LoadedCheckpoint, data_dir: str | Path, split: str, modality: str) -> Iterable[dict]:
+    """Batch dicts of the split: from pose arrays (no JPEG decoding) or, for RGB, the shards."""
+    if modality == "rgb":
+        return eval_loader(loaded.cfg, loaded.stats, split, str(data_dir))
+    arrays = load_pose_arrays(data_dir, split, on_error=loaded.cfg.data.on_error)
+    return array_batches(arrays, loaded.stats, loaded.cfg.train.batch_size)
+
+
+def _rows(result: EvalResult) -> list[list[str]]:
+    """Header and one row per action, then Average; errors with one decimal."""
+    frames = Counter(result.actions.tolist())
+    actions = [a for a in next(iter(result.tables.values())) if a != "Average"]
+    header = ["Action", "Frames", *result.tables]
+    rows = [[a, str(frames[a]), *(f"{table[a]:.1f}" for table in result.tables.values())] for a in actions]
+    rows.append([AVERAGE_ROW, str(len(result.actions)),
+                 *(f"{table['Average']:.1f}" for table in result.tables.values())])
+    return [header, *rows]
+
+
+def format_table(result: EvalResult) -> str:
+    """The Markdown table with a title line and the averaging note."""
+    header, *rows = _rows(result)
+    lines = [f"Evaluation of {result.checkpoint} on split {result.split!r} from {result.modality}",
+             "", f"| {' | '.join(header)} |", f"|{'|'.join('---' for _ in header)}|"]
+    lines += [f"| {' | '.join(row)} |" for row in rows]
+    return "\n".join([*lines, "", AVERAGING_NOTE])
+
+
+def write_tables(result: EvalResult, out_dir: str | Path) -> list[Path]:
+    """Write <split>_<modality>_k<K>.csv and .md into out_dir (created); returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{result.split}_{result.modality}_k{result.hypotheses}"
+    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    with csv_path.open("w", newline="") as f:
+        csv.writer(f).writerows(_rows(result))
+    md_path.write_text(format_table(result) + "\n")
+    return [csv_path, md_path]

@@ -1,0 +1,56 @@
+"""Evaluation tables: hand-computed action-wise averages (fast); a trained checkpoint is
+evaluated end to end in tests/test_train.py (it needs a Ray run)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpe_ray.evaluate import AVERAGE_ROW, EvalResult, base_action, format_table, write_tables
+from hpe_ray.metrics import per_action_table
+
+
+def _result(hypotheses: int = 1) -> EvalResult:
+    # Walking: frames 10 and 30 mm -> 20; Sitting: one frame 50 mm. Action-wise average 35,
+    # not the frame mean 30.
+    actions = np.array(["Walking", "Walking", "Sitting"])
+    errors = {"mpjpe": np.array([10.0, 30.0, 50.0]), "pa_mpjpe": np.array([5.0, 15.0, 40.0])}
+    tables = {"MPJPE (P1)": per_action_table(errors["mpjpe"], actions),
+              "PA-MPJPE (P2)": per_action_table(errors["pa_mpjpe"], actions)}
+    return EvalResult(checkpoint=Path("run/checkpoint_x/checkpoint.pt"), split="test", modality="pose2d",
+                      hypotheses=hypotheses, errors=errors, actions=actions, tables=tables)
+
+
+def test_base_action_merges_sub_actions():
+    assert [base_action(a) for a in ("Walking 1", "Walking", "SittingDown 2", "WalkDog")] == [
+        "Walking", "Walking", "SittingDown", "WalkDog"]
+
+
+def test_write_tables_csv_has_every_action_and_the_action_wise_average(tmp_path):
+    csv_path, md_path = write_tables(_result(), tmp_path / "out")
+    assert csv_path.name == "test_pose2d_k1.csv" and md_path.name == "test_pose2d_k1.md"
+    with csv_path.open() as f:
+        rows = list(csv.reader(f))
+    assert rows == [
+        ["Action", "Frames", "MPJPE (P1)", "PA-MPJPE (P2)"],
+        ["Sitting", "1", "50.0", "40.0"],
+        ["Walking", "2", "20.0", "10.0"],
+        [AVERAGE_ROW, "3", "35.0", "25.0"],
+    ]
+
+
+def test_format_table_is_markdown_and_states_the_averaging():
+    text = format_table(_result())
+    assert "| Walking | 2 | 20.0 | 10.0 |" in text
+    assert f"| {AVERAGE_ROW} | 3 | 35.0 | 25.0 |" in text
+    assert "action-wise" in text and "unweighted mean over actions" in text
+
+
+def test_evaluate_checkpoint_rejects_bad_hypotheses(tmp_path):
+    from hpe_ray.evaluate import evaluate_checkpoint
+
+    with pytest.raises(ValueError, match="hypotheses must be >= 1"):
+        evaluate_checkpoint(tmp_path, tmp_path, hypotheses=0)

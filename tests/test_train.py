@@ -1,0 +1,357 @@
+"""Training: pure helpers of the loop (fast) and real Ray Train runs on synthetic shards (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hpe_ray.camera import project_to_pixels
+from hpe_ray.checkpoint import (
+    CHECKPOINT_FILE,
+    best_checkpoint_dir,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+)
+from hpe_ray.config import Config
+from hpe_ray.normalization import NormStats, normalize_2d, normalize_3d
+from hpe_ray.train import (
+    absolute_paths,
+    batch_errors,
+    lr_factor,
+    pose_batch,
+    predict_pose_3d_mm,
+    rank_slice,
+    rotation_about_axis,
+    steps_per_epoch,
+    virtual_camera_views,
+)
+
+H36M_INTRINSICS_VECTOR = [1145.0, 1144.0, 512.5, 515.5, -0.2, 0.25, -0.003, -0.001, -0.0014]
+
+
+def _poses(n: int, seed: int = 0) -> torch.Tensor:
+    """(n, 17, 3) camera-frame mm: random joints around a root 4-5 m in front of the camera,
+    thorax above the pelvis (camera y points down)."""
+    g = torch.Generator().manual_seed(seed)
+    body = torch.randn(n, 17, 3, generator=g, dtype=torch.float64) * 200
+    body[:, 0] = 0
+    body[:, 8] = torch.tensor([0.0, -500.0, 0.0], dtype=torch.float64)
+    root = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) * 400 - 200,
+                        torch.rand(n, generator=g, dtype=torch.float64) * 200 - 100,
+                        4000 + torch.rand(n, generator=g, dtype=torch.float64) * 1000], -1)
+    return (body + root[:, None]).float()
+
+
+def _unit_stats() -> NormStats:
+    return NormStats(np.zeros((16, 2)), np.ones((16, 2)), np.zeros((16, 3)), np.ones((16, 3)), "camera")
+
+
+def test_rotation_about_axis_hand_values():
+    axes = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    rotation = rotation_about_axis(axes, torch.tensor([math.pi / 2, math.pi]))
+    # A quarter turn about z takes x to y; a half turn about x takes y to -y.
+    assert torch.allclose(rotation[0] @ torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
+    assert torch.allclose(rotation[1] @ torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, -1.0, 0.0]), atol=1e-6)
+    assert torch.allclose(rotation @ rotation.transpose(1, 2), torch.eye(3).expand(2, 3, 3), atol=1e-6)
+
+
+def test_virtual_camera_views_is_a_rigid_motion_seen_by_a_consistent_camera():
+    poses = _poses(64)
+    intrinsics = torch.tensor(H36M_INTRINSICS_VECTOR).expand(64, 9).clone()
+    keypoints_px, poses_new, intrinsics_new = virtual_camera_views(poses, intrinsics, torch.Generator().manual_seed(1))
+    # Rigid: every distance between joints is kept.
+    assert torch.allclose(torch.cdist(poses_new, poses_new), torch.cdist(poses, poses), atol=1e-2)
+    assert (poses_new[..., 2] > 0).all()
+    # The 2D keypoints are the projection of the new 3D pose through the new camera.
+    assert torch.allclose(keypoints_px, project_to_pixels(poses_new, intrinsics_new), atol=1e-3)
+    # The root stays on its viewing ray; only focal lengths change, within the configured range.
+    ray_old = poses[:, 0, :2] / poses[:, 0, 2:]
+    ray_new = poses_new[:, 0, :2] / poses_new[:, 0, 2:]
+    assert torch.allclose(ray_old, ray_new, atol=1e-5)
+    scale = intrinsics_new[:, 0] / intrinsics[:, 0]
+    assert ((scale >= 0.9) & (scale <= 1.1)).all() and torch.allclose(intrinsics_new[:, 2:], intrinsics[:, 2:])
+    # Views really differ from the input (the turn about the vertical axis is up to 180 degrees).
+    assert (poses_new - poses_new[:, :1] - (poses - poses[:, :1])).abs().amax() > 100
+
+
+def test_rank_slices_partition_one_permutation_per_epoch():
+    slices = [rank_slice(10, rank, 3, seed=0, epoch=0) for rank in range(3)]
+    assert [len(s) for s in slices] == [3, 3, 3]
+    everything = torch.cat(slices)
+    assert len(set(everything.tolist())) == 9 and everything.max() < 10
+    assert torch.equal(rank_slice(10, 1, 3, seed=0, epoch=0), slices[1])
+    assert not torch.equal(rank_slice(10, 1, 3, seed=0, epoch=1), slices[1])
+
+
+def test_steps_per_epoch_hand_values():
+    assert steps_per_epoch(1000, 256, None) == 3
+    assert steps_per_epoch(1000, 256, 2) == 2
+    assert steps_per_epoch(100, 256, None) == 1
+
+
+def test_lr_factor_hand_values():
+    cfg = Config()
+    cosine = cfg.train.model_copy(update={"epochs": 8, "lr_schedule": "cosine"})
+    assert lr_factor(cosine, 0) == pytest.approx(1.0)
+    assert lr_factor(cosine, 4) == pytest.approx(0.5)
+    step = cfg.train.model_copy(update={"epochs": 8, "lr_schedule": "step"})
+    assert [lr_factor(step, e) for e in (3, 4, 5, 6)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
+    assert lr_factor(cfg.train.model_copy(update={"lr_schedule": "none"}), 7) == 1.0
+
+
+def test_pose_batch_matches_the_normalisation_functions():
+    poses = _poses(5)
+    intrinsics = torch.tensor(H36M_INTRINSICS_VECTOR).expand(5, 9).clone()
+    keypoints = project_to_pixels(poses, intrinsics)
+    stats = _unit_stats()
+    batch = pose_batch(keypoints, poses, intrinsics, stats)
+    assert batch["pose_2d"].shape == (5, 16, 2) and batch["pose_3d"].shape == (5, 16, 3)
+    assert torch.allclose(batch["pose_2d"], normalize_2d(keypoints, intrinsics[:, :2], intrinsics[:, 2:4], stats))
+    assert torch.allclose(batch["pose_3d"], normalize_3d(poses, stats))
+    assert (batch["pose_3d_cam_mm"][:, 0] == 0).all()
+
+
+def test_absolute_paths_resolve_from_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = absolute_paths(Config().with_overrides({"data.dir": "data/x", "model.image_pretrained": "w.pt"}))
+    assert cfg.data.dir == str(tmp_path / "data" / "x") and cfg.model.image_pretrained == str(tmp_path / "w.pt")
+    assert absolute_paths(Config().with_overrides({"model.image_pretrained": "torchvision"})).model.image_pretrained \
+        == "torchvision"
+
+
+def _tiny_cfg(**overrides) -> Config:
+    base = {"model.latent_dim": 8, "model.hidden": 32, "model.blocks": 2}
+    return Config().with_overrides({**base, **overrides})
+
+
+def test_prediction_puts_the_root_back_and_best_of_k_never_loses():
+    torch.manual_seed(0)
+    model = build_model(_tiny_cfg()).eval()
+    stats = _unit_stats()
+    poses, intrinsics = _poses(6), torch.tensor(H36M_INTRINSICS_VECTOR).expand(6, 9).clone()
+    batch = pose_batch(project_to_pixels(poses, intrinsics), poses, intrinsics, stats)
+    torch.manual_seed(1)
+    mean_mm, samples_mm = predict_pose_3d_mm(model, batch["pose_2d"], "pose2d", stats, hypotheses=4)
+    assert mean_mm.shape == (6, 17, 3) and samples_mm.shape == (6, 4, 17, 3)
+    assert (mean_mm[:, 0] == 0).all() and (samples_mm[:, :, 0] == 0).all()
+    # With unit stats, mm are the decoder's outputs: the mean decodes the latent mean.
+    mu, _ = model.encode("pose2d", batch["pose_2d"])
+    assert torch.allclose(mean_mm[:, 1:], model.decode("pose3d", mu))
+    torch.manual_seed(1)  # the same hypotheses as above
+    errors = batch_errors(model, batch, "pose2d", stats, hypotheses=4)
+    truth = batch["pose_3d_cam_mm"]
+    expected = (mean_mm - truth).norm(dim=-1).mean(-1)  # 17 joints, root error 0 included
+    assert torch.allclose(errors["mpjpe"], expected)
+    assert (errors["pa_mpjpe"] <= errors["mpjpe"] + 1e-4).all()
+    per_sample = (samples_mm - truth[:, None]).norm(dim=-1).mean(-1)
+    assert torch.allclose(errors["mpjpe_best_of_k"], per_sample.amin(1))
+
+
+def test_deterministic_model_repeats_its_one_hypothesis():
+    model = build_model(_tiny_cfg(**{"model.deterministic": True})).eval()
+    pose_2d = torch.randn(3, 16, 2)
+    mean_mm, samples_mm = predict_pose_3d_mm(model, pose_2d, "pose2d", _unit_stats(), hypotheses=5)
+    assert torch.equal(samples_mm, mean_mm[:, None].expand(-1, 5, -1, -1))
+
+
+def _save_tiny_checkpoint(directory: Path, cfg: Config, val_mpjpe: float, epoch: int) -> torch.nn.Module:
+    model = build_model(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
+    save_checkpoint(directory, model=model, optimizer=optimizer, scheduler=scheduler, stats=_unit_stats(),
+                    cfg=cfg, epoch=epoch, metrics={"val_mpjpe": val_mpjpe}, extra={"global_step": 7})
+    return model
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
+    cfg = _tiny_cfg()
+    model = _save_tiny_checkpoint(tmp_path / "ckpt", cfg, val_mpjpe=50.0, epoch=3).eval()
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {CHECKPOINT_FILE, "config.yaml", "stats.json",
+                                                                "metrics.json"}
+    for path in (tmp_path / "ckpt", tmp_path / "ckpt" / CHECKPOINT_FILE):
+        loaded = load_checkpoint(path)
+        assert loaded.cfg == cfg and loaded.epoch == 3 and loaded.metrics == {"val_mpjpe": 50.0}
+        assert not loaded.model.training and loaded.state["extra"] == {"global_step": 7}
+        pose_2d = torch.randn(4, 16, 2)
+        with torch.no_grad():
+            assert torch.allclose(loaded.model.lift(pose_2d)[0], model.lift(pose_2d)[0])
+        assert np.array_equal(loaded.stats.std_3d, np.ones((16, 3)))
+
+
+def test_run_directory_resolves_to_the_lowest_val_mpjpe(tmp_path):
+    cfg = _tiny_cfg()
+    for epoch, error in ((1, 80.0), (2, 60.0), (3, 70.0)):
+        _save_tiny_checkpoint(tmp_path / f"checkpoint_{epoch}", cfg, error, epoch)
+    assert best_checkpoint_dir(tmp_path) == tmp_path / "checkpoint_2"
+    assert load_checkpoint(tmp_path).epoch == 2
+    assert json.loads((tmp_path / "checkpoint_2" / "metrics.json").read_text())["epoch"] == 2
+
+
+def test_load_checkpoint_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint directories"):
+        load_checkpoint(tmp_path)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt: not a readable hpe-ray checkpoint"):
+        load_checkpoint(bad)
+
+
+# ---------------------------------------------------------------- real Ray Train runs (slow)
+
+EPOCH_STEPS_LIFTING = 39  # 5000 train samples / 2 ranks / batch 64
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, address="local")
+    yield
+    ray.shutdown()
+
+
+def _write_synthetic(out_dir: Path, *, frames: int, image_size: int | None, splits=("train", "val", "test")) -> Path:
+    from hpe_ray.data.shards import write_shards
+    from hpe_ray.data.synthetic import SyntheticSpec, synthetic_splits
+
+    spec = SyntheticSpec(sequences_per_action=1, frames_per_sequence=frames, frame_step=4, image_size=image_size)
+    samples = {split: it for split, it in synthetic_splits(spec).items() if split in splits}
+    write_shards(samples, out_dir, source="synthetic", settings={"test": True}, max_samples_per_shard=500)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def pose_shards(tmp_path_factory) -> Path:
+    """Poses only: 5000 train, 2000 val, 2000 test samples (10 actions)."""
+    return _write_synthetic(tmp_path_factory.mktemp("data") / "poses", frames=25, image_size=None)
+
+
+def _lifting_cfg(data_dir: Path, storage: Path, name: str, epochs: int) -> Config:
+    return Config().with_overrides({
+        "data.dir": str(data_dir), "model.latent_dim": 32, "model.hidden": 256, "model.blocks": 3,
+        "train.epochs": epochs, "train.batch_size": 64, "train.eval_hypotheses": 4, "train.lr": 2e-3,
+        "scaling.workers": 2, "run.storage": str(storage), "run.name": name, "run.checkpoints_to_keep": 10})
+
+
+def _checkpoint_epochs(run_dir: Path) -> list[int]:
+    return sorted(json.loads(p.read_text())["epoch"] for p in run_dir.glob("*/metrics.json"))
+
+
+@pytest.fixture(scope="module")
+def lifting_run(ray_cluster, pose_shards, tmp_path_factory):
+    from hpe_ray.train import run_training
+
+    cfg = _lifting_cfg(pose_shards, tmp_path_factory.mktemp("runs"), "lifting", epochs=4)
+    return cfg, run_training(cfg)
+
+
+def _mean_pose_val_mpjpe(data_dir: Path) -> float:
+    """The error of always answering the training split's mean root-relative pose."""
+    from hpe_ray.data.stream import load_pose_arrays
+    from hpe_ray.metrics import mpjpe
+    from hpe_ray.normalization import root_relative
+
+    train, val = load_pose_arrays(data_dir, "train"), load_pose_arrays(data_dir, "val")
+    mean_pose = root_relative(train.pose_3d_cam_mm).mean(0)
+    truth = root_relative(val.pose_3d_cam_mm)
+    return float(mpjpe(np.broadcast_to(mean_pose, truth.shape), truth).mean())
+
+
+@pytest.mark.slow
+def test_lifting_with_two_workers_beats_the_mean_pose(lifting_run, pose_shards):
+    cfg, result = lifting_run
+    assert result.error is None
+    metrics = result.metrics
+    baseline_mm = _mean_pose_val_mpjpe(pose_shards)
+    assert metrics["epoch"] == 4
+    assert metrics["val_mpjpe"] < 0.6 * baseline_mm, (metrics["val_mpjpe"], baseline_mm)
+    assert metrics["val_pa_mpjpe"] <= metrics["val_mpjpe"]
+    assert metrics["val_mpjpe_best_of_k"] <= metrics["val_mpjpe"] + 1.0
+    assert metrics["val_mpjpe_best"] <= metrics["val_mpjpe"]
+    for name in ("loss_pose2d_to_pose3d", "kl", "beta", "lr", "train_samples_per_s"):
+        assert math.isfinite(metrics[name])
+    run_dir = Path(result.path)
+    assert _checkpoint_epochs(run_dir) == [1, 2, 3, 4]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    state = torch.load(Path(result.checkpoint.path) / CHECKPOINT_FILE, weights_only=True)
+    assert state["extra"]["global_step"] == 4 * EPOCH_STEPS_LIFTING
+
+
+@pytest.mark.slow
+def test_evaluate_a_trained_checkpoint(lifting_run, pose_shards, tmp_path):
+    from hpe_ray.evaluate import AVERAGE_ROW, evaluate_checkpoint, write_tables
+
+    cfg, result = lifting_run
+    run_dir = Path(result.path)
+    result_test = evaluate_checkpoint(run_dir, pose_shards, split="test", hypotheses=3)
+    csv_path, md_path = write_tables(result_test, tmp_path)
+    rows = csv_path.read_text().splitlines()
+    actions = {row.split(",")[0] for row in rows[1:]}
+    assert actions == {*np.unique(result_test.actions), AVERAGE_ROW} and len(actions) == 11
+    assert rows[-1].startswith(AVERAGE_ROW) and "best of 3" in rows[0]
+    assert "action-wise" in md_path.read_text()
+    # The best checkpoint evaluated on val reproduces the val_mpjpe the train loop reported for it.
+    best = json.loads((best_checkpoint_dir(run_dir) / "metrics.json").read_text())
+    result_val = evaluate_checkpoint(run_dir, pose_shards, split="val")
+    assert result_val.errors["mpjpe"].mean() == pytest.approx(best["val_mpjpe"], rel=1e-4)
+    # On its own training data: finite, and alignment lowers the error. Only on average:
+    # Procrustes minimises squared distances, so a single frame's mean distance can grow.
+    result_train = evaluate_checkpoint(run_dir, pose_shards, split="train", hypotheses=2)
+    for errors in result_train.errors.values():
+        assert np.isfinite(errors).all()
+    tables = list(result_train.tables.values())
+    assert tables[1]["Average"] < tables[0]["Average"] and tables[3]["Average"] < tables[2]["Average"]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_from_its_checkpoint(ray_cluster, pose_shards, tmp_path, monkeypatch):
+    from hpe_ray.train import FAIL_AT_EPOCH_ENV, run_training
+
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")
+    cfg = _lifting_cfg(pose_shards, tmp_path, "killed", epochs=3).with_overrides({"train.steps_per_epoch": 10})
+    result = run_training(cfg)
+    run_dir = tmp_path / "killed"
+    assert (run_dir / ".fault-injected-epoch-2").exists()
+    assert result.error is None and result.metrics["epoch"] == 3
+    # Epoch 1 exactly once: the restarted workers went on from its checkpoint, not from scratch.
+    assert _checkpoint_epochs(run_dir) == [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def image_shards(tmp_path_factory) -> Path:
+    """Rendered 32 px crops: 800 train, 320 val samples."""
+    return _write_synthetic(tmp_path_factory.mktemp("data") / "images", frames=4, image_size=32,
+                            splits=("train", "val"))
+
+
+@pytest.mark.slow
+def test_cross_modal_pairs_checkpoints_and_resume(ray_cluster, image_shards, tmp_path):
+    from hpe_ray.evaluate import evaluate_checkpoint
+    from hpe_ray.train import run_training
+
+    pairs = {"pose2d_to_pose3d": 1.0, "rgb_to_pose3d": 1.0, "rgb_to_rgb": 1.0, "pose2d_to_pose2d": 1.0}
+    cfg = Config().with_overrides({
+        "data.dir": str(image_shards), "data.image_size": 32, "loss.pairs": pairs,
+        "model.latent_dim": 16, "model.hidden": 64, "model.blocks": 2,
+        "train.epochs": 1, "train.batch_size": 16, "train.steps_per_epoch": 4, "train.eval_hypotheses": 2,
+        "scaling.workers": 2, "run.storage": str(tmp_path), "run.name": "cross", "run.checkpoints_to_keep": 10})
+    first = run_training(cfg)
+    assert first.error is None and first.metrics["epoch"] == 1
+    for pair in pairs:
+        assert math.isfinite(first.metrics[f"loss_{pair}"]), pair
+    assert _checkpoint_epochs(tmp_path / "cross") == [1]
+
+    second = run_training(cfg.with_overrides({"train.epochs": 2}))
+    assert second.error is None and second.metrics["epoch"] == 2
+    assert _checkpoint_epochs(tmp_path / "cross") == [1, 2]
+    state = torch.load(Path(second.checkpoint.path) / CHECKPOINT_FILE, weights_only=True)
+    assert state["extra"]["global_step"] == 8  # 4 steps per epoch, continued from the first run
+
+    from_rgb = evaluate_checkpoint(tmp_path / "cross", image_shards, split="val", modality="rgb")
+    assert len(from_rgb.actions) == 320 and np.isfinite(from_rgb.errors["mpjpe"]).all()
