@@ -30,32 +30,33 @@ def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def _cmd_data_synth(args: argparse.Namespace) -> None:
     from hpe_ray.data.synthetic import SyntheticSpec, write_synthetic_dataset
 
-    spec = SyntheticSpec(seed=args.seed, sequences_per_action=args.sequences,
-                         frames_per_sequence=args.frames, image_size=args.image_size,
-                         cameras=args.cameras)
+    chosen = {"seed": args.seed, "sequences_per_action": args.sequences, "frames_per_sequence": args.frames,
+              "frame_step": args.frame_step, "image_size": args.image_size, "cameras": args.cameras,
+              "virtual_cameras": args.virtual_cameras}
+    spec = SyntheticSpec(**{k: v for k, v in chosen.items() if v is not None})
     write_synthetic_dataset(spec, args.out, max_samples_per_shard=args.shard_size,
                             overwrite=args.overwrite, workers=args.workers)
     _print_summary(args.out)
 
 
 def _cmd_data_h36m(args: argparse.Namespace) -> None:
-    from hpe_ray.data.h36m import write_h36m_dataset
+    from hpe_ray.data.convert import write_h36m_dataset
 
-    write_h36m_dataset(args.format, args.input, args.out, extrinsics=args.extrinsics,
-                       image_size=args.image_size, frame_step=args.frame_step,
-                       max_samples_per_shard=args.shard_size, overwrite=args.overwrite,
-                       on_error=args.on_error)
+    write_h36m_dataset(args.format, args.input, args.out, extrinsics=args.extrinsics, cameras=args.cameras,
+                       image_size=args.image_size, frame_step=args.frame_step, val_subjects=args.val_subjects,
+                       max_samples_per_shard=args.shard_size, overwrite=args.overwrite, on_error=args.on_error)
     _print_summary(args.out)
 
 
 def _cmd_data_bvh(args: argparse.Namespace) -> None:
-    from hpe_ray.data.bvh import write_bvh_dataset
+    from hpe_ray.data.bvh import BvhSettings
+    from hpe_ray.data.convert import write_bvh_dataset
 
-    write_bvh_dataset(args.input, args.out, skeleton=args.skeleton, fps=args.fps,
-                      cameras=args.cameras, image_size=args.image_size,
-                      val_styles=args.val_styles, test_styles=args.test_styles,
-                      max_samples_per_shard=args.shard_size, overwrite=args.overwrite,
-                      on_error=args.on_error, seed=args.seed)
+    settings = BvhSettings(target_fps=args.fps, cameras=args.cameras, virtual_cameras=args.virtual_cameras,
+                           image_size=args.image_size or None, seed=args.seed)
+    write_bvh_dataset(args.input, args.out, skeleton=args.skeleton, settings=settings,
+                      val_styles=args.val_styles, test_styles=args.test_styles, split=args.split,
+                      max_samples_per_shard=args.shard_size, overwrite=args.overwrite, on_error=args.on_error)
     _print_summary(args.out)
 
 
@@ -186,35 +187,43 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = _add(dsub, "synth", _cmd_data_synth, "generate the embedded synthetic default dataset")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sequences", type=int, default=3, help="sequences per action and subject")
-    p.add_argument("--frames", type=int, default=40, help="frames per sequence")
-    p.add_argument("--image-size", type=int, default=256, help="crop size in px; 0 = poses only")
-    p.add_argument("--cameras", default="h36m", help="h36m (the 4 H36M-like cameras) or virtual")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--sequences", type=int, help="sequences per action and subject (default 4)")
+    p.add_argument("--frames", type=int, help="frames per sequence (default 20)")
+    p.add_argument("--frame-step", type=int, help="frames at 50 fps between samples (default 10)")
+    p.add_argument("--image-size", type=int, help="crop size in px (default 256); 0 = poses only")
+    p.add_argument("--cameras", choices=["h36m", "virtual"],
+                   help="h36m: the 4 Human3.6M-like cameras (default); virtual: random unseen views")
+    p.add_argument("--virtual-cameras", type=int, help="views per sequence with --cameras virtual (default 4)")
     p.add_argument("--shard-size", type=int, default=2000, help="samples per shard")
     p.add_argument("--workers", type=int, default=2, help="processes for rendering")
     p.add_argument("--overwrite", action="store_true")
 
     p = _add(dsub, "h36m", _cmd_data_h36m, "convert Human3.6M (VideoPose3D npz, MMPose npz, original release)")
     p.add_argument("--format", required=True, choices=["videopose3d", "mmpose", "original"])
-    p.add_argument("--input", required=True, help="file or folder of the chosen format")
+    p.add_argument("--input", required=True, nargs="+",
+                   help="videopose3d: data_3d.npz [data_2d.npz]; mmpose: annotation npz files; original: release root")
     p.add_argument("--out", required=True)
-    p.add_argument("--extrinsics", help="camera extrinsics JSON (VideoPose3D world-frame data)")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--frame-step", type=int, default=5)
+    p.add_argument("--extrinsics", help="camera extrinsics JSON (world-frame 3D; see hpe_ray.data.h36m.read_extrinsics)")
+    p.add_argument("--cameras", help="MMPose cameras.pkl (default: the public Human3.6M intrinsics)")
+    p.add_argument("--image-size", type=int, default=0, help="original release: crop size in px; 0 = poses only")
+    p.add_argument("--frame-step", type=int, default=5, help="keep every n-th frame (50 fps source)")
+    p.add_argument("--val-subjects", nargs="*", help="default S8 (taken from the training subjects)")
     p.add_argument("--shard-size", type=int, default=2000)
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
     p.add_argument("--overwrite", action="store_true")
 
     p = _add(dsub, "bvh", _cmd_data_bvh, "convert BVH motion capture, projected through virtual cameras")
-    p.add_argument("--input", required=True, help="folder of .bvh files (or one file)")
+    p.add_argument("--input", required=True, nargs="+", help="folders of .bvh files or single files")
     p.add_argument("--out", required=True)
-    p.add_argument("--skeleton", default="auto", help="joint mapping table: auto, bandai, cmu")
+    p.add_argument("--skeleton", default="auto", help="joint map: auto, bandai-namco, cmu")
     p.add_argument("--fps", type=float, default=30.0, help="resample to this frame rate")
-    p.add_argument("--cameras", default="h36m", help="h36m or virtual")
+    p.add_argument("--cameras", choices=["h36m", "virtual"], default="h36m")
+    p.add_argument("--virtual-cameras", type=int, default=4, help="views per clip with --cameras virtual")
     p.add_argument("--image-size", type=int, default=0, help="crop size in px; 0 = poses only")
-    p.add_argument("--val-styles", nargs="*", default=None)
-    p.add_argument("--test-styles", nargs="*", default=None)
+    p.add_argument("--val-styles", nargs="*", help="Bandai-Namco: styles held out for validation (default tired)")
+    p.add_argument("--test-styles", nargs="*", help="Bandai-Namco: styles held out for test (default angry old)")
+    p.add_argument("--split", default="test", help="other BVH sets: the split all clips go to")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=2000)
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise")

@@ -37,7 +37,7 @@ from hpe_ray.camera import (H36M_CAMERA_IDS, H36M_INTRINSICS, Extrinsics, Intrin
                             project_to_pixels, world_to_camera)
 from hpe_ray.data.render import crop_box_around, render_person
 from hpe_ray.data.sample import BadSampleError, PoseSample, make_key
-from hpe_ray.data.synthetic import H36M_LIKE_POSITIONS_MM, _virtual_cameras_seeing
+from hpe_ray.data.synthetic import H36M_LIKE_POSITIONS_MM, virtual_cameras_seeing
 from hpe_ray.skeleton import NUM_JOINTS
 
 log = logging.getLogger(__name__)
@@ -426,7 +426,7 @@ def clip_cameras(poses_world_mm: np.ndarray, settings: BvhSettings,
         target = poses_world_mm[:, 0].mean(axis=0)
         return [(camera_id, H36M_INTRINSICS[camera_id], look_at(H36M_LIKE_POSITIONS_MM[camera_id], target))
                 for camera_id in H36M_CAMERA_IDS]
-    return _virtual_cameras_seeing(poses_world_mm, settings.virtual_cameras, rng)
+    return virtual_cameras_seeing(poses_world_mm, settings.virtual_cameras, rng)
 
 
 def clip_samples(path: str | Path, joint_map: JointMap, *, subject: str, action: str,
