@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, BadSampleError, FileNotFoundError) as err:
+    except (ConfigError, BadSampleError, FileNotFoundError, FileExistsError) as err:
         print(f"hpe-ray: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
