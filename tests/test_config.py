@@ -54,3 +54,11 @@ def test_overrides_and_yaml_round_trip(tmp_path):
 def test_override_of_missing_section_is_named():
     with pytest.raises(ConfigError, match="modle"):
         Config().with_overrides({"modle.latent_dim": 3})
+
+
+@pytest.mark.parametrize("name", ["lifting.yaml", "crossmodal.yaml"])
+def test_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert cfg.model.latent_dim == 100
