@@ -7,6 +7,7 @@ are instant.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -303,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpe_ray.data.sample import BadSampleError
 
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         args.func(args)
     except (ConfigError, BadSampleError, FileNotFoundError, FileExistsError) as err:

@@ -397,6 +397,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """One Ray Train worker. loop_config: {"config": Config.model_dump(), "run_dir": str,
     "fail_at_epoch": int | None}."""
     cfg = config_from_dict(loop_config["config"], origin="train_loop_config")
+    # Worker processes start without logging handlers; Ray forwards their stderr to the driver.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run_dir = Path(loop_config["run_dir"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
