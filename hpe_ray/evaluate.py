@@ -1,7 +1,7 @@
 """Protocol 1 and 2 tables per action for a checkpoint.
 
 Errors are in mm over 17 joints with the root put back at zero, from the same prediction
-function the train loop validates with (`hpe_ray.train.batch_errors`). Averaging is
+function the train loop validates with (`hpe_ray.lifting.batch_errors`). Averaging is
 action-wise, as in the Human3.6M literature: frames are pooled per action (sub-actions merged,
 all cameras), then "Average" is the unweighted mean over actions. Best of K takes, per frame,
 the smallest error of K hypotheses sampled from the input-conditioned posterior.
@@ -22,7 +22,8 @@ import torch
 from hpe_ray.checkpoint import LoadedCheckpoint, load_checkpoint
 from hpe_ray.data.stream import load_pose_arrays
 from hpe_ray.metrics import per_action_table
-from hpe_ray.train import array_batches, batch_errors, eval_loader, to_device
+from hpe_ray.lifting import batch_errors
+from hpe_ray.train import array_batches, eval_loader, to_device
 
 # Column of the tables -> key of the per-sample errors, with a K placeholder for best of K.
 _COLUMNS = {"MPJPE (P1)": "mpjpe", "PA-MPJPE (P2)": "pa_mpjpe",

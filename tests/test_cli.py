@@ -3,8 +3,6 @@
 import subprocess
 import sys
 
-import pytest
-
 from hpe_ray.cli import main
 
 

@@ -20,17 +20,14 @@ from hpe_ray.checkpoint import (
 )
 from hpe_ray.config import Config
 from hpe_ray.normalization import NormStats, normalize_2d, normalize_3d
-from hpe_ray.train import (
-    absolute_paths,
+from hpe_ray.lifting import (
     batch_errors,
-    lr_factor,
     pose_batch,
     predict_pose_3d_mm,
-    rank_slice,
     rotation_about_axis,
-    steps_per_epoch,
     virtual_camera_views,
 )
+from hpe_ray.train import absolute_paths, lr_factor, rank_slice, steps_per_epoch
 
 H36M_INTRINSICS_VECTOR = [1145.0, 1144.0, 512.5, 515.5, -0.2, 0.25, -0.003, -0.001, -0.0014]
 

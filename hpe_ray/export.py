@@ -1,0 +1,172 @@
+"""Export the 2D -> 3D lifter to TorchScript and ONNX, normalisation included.
+
+The exported model takes what a detector gives and returns what a user wants, so nothing of
+hpe-ray is needed to run it:
+
+    inputs   keypoints_2d_px (B, 17, 2) float32  full-image pixels, Human3.6M joint order
+             focal_px        (B, 2)     float32  fx, fy in pixels   } camera-mode models only:
+             center_px       (B, 2)     float32  cx, cy in pixels   } absent from the ONNX
+                                                                      graph of pixel-mode ones
+    output   pose_3d_cam_mm  (B, 17, 3) float32  root-relative camera frame, mm, pelvis at 0
+
+It is the deterministic mean decoding (latent mean, no sampling), with the checkpoint's
+NormStats baked in as constants. B is dynamic in both formats. `lifter.json` beside the files
+records the inputs, units, joint order, normalisation mode and the export check.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpe_ray.checkpoint import load_checkpoint
+from hpe_ray.normalization import NormStats, denormalize_3d, normalize_2d
+from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
+
+FORMATS = ("torchscript", "onnx")
+FILE_NAMES = {"torchscript": "lifter.pt", "onnx": "lifter.onnx"}
+INPUT_NAMES = ("keypoints_2d_px", "focal_px", "center_px")
+OUTPUT_NAME = "pose_3d_cam_mm"
+ONNX_OPSET = 17
+# Max difference allowed between an exported model and PyTorch, in standard deviations of each
+# output coordinate (NormStats.std_3d): the network's own output units. float32 rounding grows
+# with the size of the values, so a fixed tolerance in mm would depend on the pose's size.
+CHECK_TOLERANCE_STD = 1e-4
+
+
+class ExportableLifter(nn.Module):
+    """Pixels in, millimetres out: normalise the 2D keypoints, encode, decode the latent mean,
+    denormalise. The same functions as `predict`, so exported and Python predictions agree."""
+
+    def __init__(self, vae: nn.Module, stats: NormStats):
+        super().__init__()
+        self.vae = vae.eval()
+        self.stats = stats
+
+    def forward(self, keypoints_2d_px: torch.Tensor, focal_px: torch.Tensor, center_px: torch.Tensor) -> torch.Tensor:
+        pose_2d = normalize_2d(keypoints_2d_px, focal_px, center_px, self.stats)
+        mu, _ = self.vae.encode("pose2d", pose_2d)
+        return denormalize_3d(self.vae.decode("pose3d", mu), self.stats)
+
+
+def example_inputs(stats: NormStats, batch: int = 64, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Plausible inputs (keypoints_2d_px, focal_px, center_px) drawn from the training statistics
+    and seen by a 1000 px focal length camera centred at (500, 500) px."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, NUM_JOINTS, 2, generator=generator)
+    features[:, 1:] = features[:, 1:] * torch.as_tensor(stats.std_2d) + torch.as_tensor(stats.mean_2d)
+    features[:, 0] = 0.0  # the root carries no information after normalisation: any value works
+    focal_px = torch.full((batch, 2), 1000.0)
+    center_px = torch.full((batch, 2), 500.0)
+    keypoints_2d_px = features * focal_px[:, None] + center_px[:, None] if stats.mode_2d == "camera" else features
+    return keypoints_2d_px, focal_px, center_px
+
+
+def export_lifter(checkpoint, out_dir: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Export a checkpoint's 2D -> 3D path to out_dir; returns the files written (the last is lifter.json).
+
+    Each export is checked against PyTorch (`check_export`); a difference over
+    CHECK_TOLERANCE_STD raises ValueError before lifter.json is written.
+    """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {list(formats)}")
+    loaded = load_checkpoint(checkpoint)
+    if "pose2d" not in loaded.model.encoders or "pose3d" not in loaded.model.decoders:
+        raise ValueError(f"{loaded.path}: no 2D -> 3D path to export (encoders {sorted(loaded.model.encoders)}, "
+                         f"decoders {sorted(loaded.model.decoders)})")
+    module = ExportableLifter(loaded.model, loaded.stats).eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = example_inputs(loaded.stats)
+    paths = []
+    for fmt in dict.fromkeys(formats):
+        path = out_dir / FILE_NAMES[fmt]
+        (export_torchscript if fmt == "torchscript" else export_onnx)(module, inputs, path)
+        paths.append(path)
+    differences = check_export(module, paths, example_inputs(loaded.stats, batch=257, seed=1), loaded.stats)
+    description = {
+        "checkpoint": str(loaded.path), "epoch": loaded.epoch, "mode_2d": loaded.stats.mode_2d,
+        "inputs": {"keypoints_2d_px": "(B, 17, 2) float32, full-image pixels",
+                   "focal_px": "(B, 2) float32, fx fy pixels" + _unused_note(loaded.stats),
+                   "center_px": "(B, 2) float32, cx cy pixels" + _unused_note(loaded.stats)},
+        "output": {OUTPUT_NAME: "(B, 17, 3) float32, root-relative camera frame (x right, y down, "
+                                "z forward), mm, joint 0 (pelvis) at zero"},
+        "decoding": "deterministic: 3D decoder applied to the latent mean of the 2D encoder",
+        "joint_names": list(JOINT_NAMES), "files": {p.name: fmt for p, fmt in zip(paths, dict.fromkeys(formats))},
+        "check": {p.name: {"max_abs_difference_mm": mm, "max_abs_difference_std": std}
+                  for p, (mm, std) in differences.items()},
+    }
+    info_path = out_dir / "lifter.json"
+    info_path.write_text(json.dumps(description, indent=1) + "\n")
+    return [*paths, info_path]
+
+
+def export_torchscript(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
+    """Trace (the normalisation mode is fixed per model, so tracing loses no branch) and save."""
+    with torch.no_grad(), _quiet_torch_export():
+        traced = torch.jit.trace(module, inputs, check_trace=False)
+    traced.save(str(path))
+
+
+def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> None:
+    """The TorchScript-based exporter (dynamo=False, deprecated since torch 2.9): the torch.export
+    one needs onnxscript, which is not a dependency. Inputs a pixel-mode model does not use are
+    dropped from the graph."""
+    batch_axis = {0: "batch"}
+    with torch.no_grad(), _quiet_torch_export():
+        torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                          dynamic_axes={name: batch_axis for name in (*INPUT_NAMES, OUTPUT_NAME)})
+
+
+def run_exported(path: Path, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
+    """Run a lifter.pt (TorchScript) or lifter.onnx (ONNX Runtime, CPU) on inputs; (B, 17, 3) mm."""
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feed = dict(zip(INPUT_NAMES, (x.numpy() for x in inputs)))
+        return session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})[0]
+    with torch.no_grad(), _quiet_torch_export():
+        return torch.jit.load(str(path)).eval()(*inputs).numpy()
+
+
+def check_export(module: nn.Module, paths: Sequence[Path], inputs: tuple[torch.Tensor, ...], stats: NormStats,
+                 tolerance_std: float = CHECK_TOLERANCE_STD) -> dict[Path, tuple[float, float]]:
+    """{file: (max absolute difference in mm, the same in std_3d units)} of each exported file
+    against `module` on `inputs`; ValueError naming the file when one exceeds tolerance_std."""
+    with torch.no_grad():
+        expected = module(*inputs).numpy()
+    differences = {}
+    for path in paths:
+        difference_mm = np.abs(run_exported(Path(path), inputs) - expected)
+        difference_std = float((difference_mm[:, 1:] / stats.std_3d).max())  # the root is 0 in both
+        if not difference_std <= tolerance_std:
+            raise ValueError(f"{path}: exported model differs from PyTorch by {difference_std:.3g} standard "
+                             f"deviations ({difference_mm.max():.3g} mm); tolerance {tolerance_std:g}")
+        differences[Path(path)] = (float(difference_mm.max()), difference_std)
+    return differences
+
+
+@contextmanager
+def _quiet_torch_export() -> Iterator[None]:
+    """Silence warnings that say nothing about this model: TracerWarnings flag the input-shape
+    checks and the baked-in NormStats, constant per model as tracing assumes; the deprecation
+    notices of TorchScript and of the TorchScript-based ONNX exporter are known and the chosen
+    formats are deliberate (see the module docstring)."""
+    with warnings.catch_warnings():
+        for category in (torch.jit.TracerWarning, FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
+        yield
+
+
+def _unused_note(stats: NormStats) -> str:
+    return "; unused by this pixel-mode model (absent from the ONNX graph)" if stats.mode_2d == "pixel" else ""

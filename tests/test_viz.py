@@ -1,0 +1,114 @@
+"""Figures: the pure helpers on hand values, and every figure rendered from the tiny model of
+test_predict.py (files exist, have the expected size, are not blank)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hpe_ray import viz
+
+
+def _assert_drawn(path: Path, size_px: tuple[int, int] | None = None) -> None:
+    """The PNG exists, has the given (width, height), and is not a blank page."""
+    assert path.is_file()
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+    if size_px is not None:
+        assert (pixels.shape[1], pixels.shape[0]) == size_px
+    assert pixels.std() > 15.0
+    assert (pixels.min(axis=-1) < 200).mean() > 0.01  # at least 1 % of the page is not near white
+
+
+def _poses(count: int, seed: int = 0) -> np.ndarray:
+    """(count, 17, 3) root-relative poses: a jittered standing body, camera mm (y down)."""
+    rng = np.random.default_rng(seed)
+    body = np.array([[0, 0, 0], [-130, 0, 0], [-140, 450, 20], [-140, 880, 60], [130, 0, 0], [140, 450, 20],
+                     [140, 880, 60], [0, -230, 0], [0, -480, 10], [0, -580, -40], [0, -700, 0], [170, -450, 0],
+                     [200, -180, 30], [210, 60, 60], [-170, -450, 0], [-200, -180, 30], [-210, 60, 60]], float)
+    poses = body + rng.normal(0, 40, (count, 17, 3))
+    return poses - poses[:, :1]
+
+
+# ---------------------------------------------------------------- helpers
+
+def test_camera_to_display_puts_height_up_and_depth_away():
+    # Camera: x right, y down, z forward -> display: x, depth (z), up (-y).
+    np.testing.assert_array_equal(viz.camera_to_display(np.array([1.0, 2.0, 3.0])), [1.0, 3.0, -2.0])
+
+
+def test_umap_neighbors_are_clipped_to_the_points_and_deduplicated():
+    assert viz.umap_neighbors((5, 15, 50, 200), 30) == [5, 15, 29]
+    assert viz.umap_neighbors((5, 15), 1000) == [5, 15]
+    assert viz.umap_neighbors((1,), 10) == [2]  # UMAP needs at least 2 neighbours
+
+
+def test_pick_samples_shows_every_action_before_repeating_one():
+    actions = np.array(["Walking"] * 10 + ["Sitting"] * 3 + ["Eating"] * 1)
+    chosen = viz.pick_samples(actions, 5, seed=1)
+    assert sorted(actions[chosen].tolist()) == ["Eating", "Sitting", "Sitting", "Walking", "Walking"]
+    assert len(set(chosen.tolist())) == 5
+    assert len(viz.pick_samples(actions, 100)) == 14  # never more than there are
+
+
+def test_error_tables_hand_values():
+    gt = _poses(3)
+    pred = gt.copy()
+    pred[:, 5, 0] += 34.0  # left knee 34 mm off in every sample
+    pred[2] *= 2.0        # sample 2 is twice as big: PA-MPJPE removes scale
+    per_joint_mm, tables = viz.error_tables(pred, gt, ["Walking", "Walking", "Sitting"])
+    assert per_joint_mm[5] == pytest.approx(np.mean([34.0, 34.0, np.linalg.norm(2 * gt[2, 5] + [68, 0, 0] - gt[2, 5])]))
+    assert per_joint_mm[0] == 0.0
+    assert tables["MPJPE (P1)"]["Walking"] == pytest.approx(2.0)  # 34 mm on one joint of 17
+    assert tables["MPJPE (P1)"]["Average"] == pytest.approx(
+        (2.0 + tables["MPJPE (P1)"]["Sitting"]) / 2)                 # unweighted over actions
+    assert tables["PA-MPJPE (P2)"]["Sitting"] < tables["MPJPE (P1)"]["Sitting"] / 5
+
+
+def test_predictions_plot_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"\(N, 17, 3\)"):
+        viz.predictions_plot(_poses(2), _poses(3))
+    with pytest.raises(ValueError, match="hypotheses_mm"):
+        viz.predictions_plot(_poses(2), _poses(2), hypotheses_mm=np.zeros((2, 17, 3)))
+
+
+def test_save_figure_writes_png_and_pdf_for_a_stem(tmp_path):
+    paths = viz.plot_predictions(_poses(2), _poses(2, seed=1), tmp_path / "figs" / "preds.v1")
+    assert [p.name for p in paths] == ["preds.v1.png", "preds.v1.pdf"]
+    assert paths[1].read_bytes().startswith(b"%PDF")
+    _assert_drawn(paths[0])
+
+
+def test_render_predictions_image_is_an_rgb_array_for_tensorboard():
+    image = viz.render_predictions_image(_poses(3), _poses(3, seed=1), hypotheses_mm=_poses(6).reshape(3, 2, 17, 3))
+    # 3 panels in one row of 4 columns at most: (2.7 * 3 + 1.1) x (2.7 + 0.7) inches at 72 dpi.
+    assert image.dtype == np.uint8 and image.shape == (244, 662, 3)  # 244.8 px, truncated by Agg
+    assert image.std() > 15.0
+
+
+# ---------------------------------------------------------------- figures from a checkpoint
+
+@pytest.mark.slow
+def test_predictions_figure_from_a_checkpoint(tiny_checkpoint, tiny_dataset, tmp_path):
+    paths = viz.predictions_figure(tiny_checkpoint, tiny_dataset, split="test", n=6, hypotheses=3,
+                                   out=tmp_path / "predictions")
+    assert [p.suffix for p in paths] == [".png", ".pdf"]
+    # 6 panels: 5 columns, 2 rows -> (2.7 * 5 + 1.1) x (2.7 * 2 + 0.7) inches at 110 dpi.
+    _assert_drawn(paths[0], (1606, 671))
+
+
+@pytest.mark.slow
+def test_errors_figure_from_a_checkpoint(tiny_checkpoint, tiny_dataset, tmp_path):
+    paths = viz.errors_figure(tiny_checkpoint, tiny_dataset, split="val", out=tmp_path / "errors.png")
+    assert paths == [tmp_path / "errors.png"]
+    _assert_drawn(paths[0])
+
+
+@pytest.mark.slow
+def test_latent_figure_from_a_checkpoint(tiny_checkpoint, tiny_dataset, tmp_path):
+    paths = viz.latent_figure(tiny_checkpoint, tiny_dataset, split="test", n_neighbors=(5, 500),
+                              max_points=40, out=tmp_path / "latent.png")
+    # Two panels: 500 neighbours is clipped to 39 (40 points, one encoder).
+    _assert_drawn(paths[0], (round((4.6 * 2 + 2.2) * 110), round(4.9 * 110)))
