@@ -49,7 +49,7 @@ from hpe_ray.data.stream import (
     make_loader,
 )
 from hpe_ray.models import BATCH_KEY, DEFAULT_RECON_KIND, make_beta_schedule, pair_loss, reprojection_loss
-from hpe_ray.lifting import Batch, batch_errors, pose_batch, virtual_camera_views
+from hpe_ray.lifting import Batch, batch_errors, pose_batch, predict_pose_3d_mm, virtual_camera_views
 from hpe_ray.normalization import NormStats, denormalize_3d
 
 logger = logging.getLogger(__name__)
@@ -334,6 +334,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         scheduler.step()
         metrics = {"epoch": epoch + 1, **train_metrics,
                    **_validate(model, val_batches(), modality, stats, cfg.train.eval_hypotheses, device)}
+        every = cfg.train.tensorboard_images_every
+        if writer is not None and every and (epoch + 1) % every == 0:
+            _log_prediction_grid(writer, model, val_batches(), modality, stats, cfg.train.eval_hypotheses,
+                                 epoch + 1, device)
         best_mpjpe = min(best_mpjpe, metrics["val_mpjpe"])
         metrics["val_mpjpe_best"] = best_mpjpe
         _report(metrics, rank, writer, model, optimizer, scheduler, stats, cfg, global_step)
@@ -360,6 +364,20 @@ def _report(metrics: dict[str, float], rank: int, writer, model, optimizer, sche
                         epoch=epoch, metrics=metrics,
                         extra={"global_step": global_step, "val_mpjpe_best": metrics["val_mpjpe_best"]})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+@torch.no_grad()
+def _log_prediction_grid(writer, model: torch.nn.Module, batches: Iterable[dict], modality: str, stats: NormStats,
+                         hypotheses: int, epoch: int, device: torch.device, count: int = 8) -> None:
+    """The first validation samples, prediction (and K hypotheses) against ground truth, to
+    TensorBoard's image tab (rank 0 only: no collective calls here)."""
+    from hpe_ray.viz import render_predictions_image  # matplotlib only where images are wanted
+
+    batch = to_device(next(iter(batches)), device)
+    mean_mm, samples_mm = predict_pose_3d_mm(model, batch[BATCH_KEY[modality]][:count], modality, stats, hypotheses)
+    image = render_predictions_image(mean_mm.cpu().numpy(), batch["pose_3d_cam_mm"][:count].cpu().numpy(),
+                                     hypotheses_mm=samples_mm.cpu().numpy() if hypotheses > 1 else None)
+    writer.add_image("val/predictions", image, epoch, dataformats="HWC")
 
 
 def _tensorboard_writer(run_dir: Path, start_epoch: int):

@@ -233,7 +233,8 @@ def _lifting_cfg(data_dir: Path, storage: Path, name: str, epochs: int) -> Confi
     return Config().with_overrides({
         "data.dir": str(data_dir), "model.latent_dim": 32, "model.hidden": 256, "model.blocks": 3,
         "train.epochs": epochs, "train.batch_size": 64, "train.eval_hypotheses": 4, "train.lr": 2e-3,
-        "scaling.workers": 2, "run.storage": str(storage), "run.name": name, "run.checkpoints_to_keep": 10})
+        "scaling.workers": 2, "run.storage": str(storage), "run.name": name, "run.checkpoints_to_keep": 10,
+        "train.tensorboard_images_every": 2})
 
 
 def _checkpoint_epochs(run_dir: Path) -> list[int]:
@@ -275,7 +276,8 @@ def test_lifting_with_two_workers_beats_the_mean_pose(lifting_run, pose_shards):
         assert math.isfinite(metrics[name])
     run_dir = Path(result.path)
     assert _checkpoint_epochs(run_dir) == [1, 2, 3, 4]
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    events = b"".join(p.read_bytes() for p in (run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert b"val_mpjpe" in events and b"val/predictions" in events  # scalars and the prediction grid
     state = torch.load(Path(result.checkpoint.path) / CHECKPOINT_FILE, weights_only=True)
     assert state["extra"]["global_step"] == 4 * EPOCH_STEPS_LIFTING
 
