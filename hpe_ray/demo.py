@@ -37,5 +37,18 @@ def run_demo(data_dir: str | Path = "data/synthetic", out_dir: str | Path = "run
     print(result.describe())
     for path in make_report(experiment_dir):
         print(f"report: {path}")
+    if result.best_checkpoint:
+        for path in result_figures(result.best_checkpoint, data_dir, experiment_dir / "figures"):
+            print(f"figure: {path}")
     print(f"TensorBoard: tensorboard --logdir {experiment_dir}  (Scalars: ray/tune/val_mpjpe; HParams tab)")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+def result_figures(checkpoint: str | Path, data_dir: str | Path, out_dir: Path) -> list[Path]:
+    """The thesis's two figures for the best model on the test split: 25 predictions against
+    ground truth (with 5 sampled hypotheses) and the latent space in UMAP coloured by action."""
+    from hpe_ray import viz
+
+    return (viz.predictions_figure(checkpoint, data_dir, split="test", n=25, hypotheses=5, out=out_dir / "predictions")
+            + viz.latent_figure(checkpoint, data_dir, split="test", max_points=2000, out=out_dir / "latent")
+            + viz.errors_figure(checkpoint, data_dir, split="test", out=out_dir / "errors"))

@@ -1,0 +1,124 @@
+"""SLURM launch scripts: shell helpers (fast) and slurm/tune.sh in a simulated one-node
+allocation (slow): `srun` and `scontrol` are replaced by the stand-ins in tests/slurm_shims."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_tune import TINY_SPACE, write_space, finished_trials, make_tiny_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHIMS = Path(__file__).resolve().parent / "slurm_shims"
+VENV_BIN = Path(sys.executable).parent
+LIBRARY = REPO / "slurm" / "ray_cluster.sh"
+
+
+def _bash(script: str, env: dict | None = None) -> str:
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("name", ["tune.sh", "train.sh", "ray_cluster.sh"])
+def test_scripts_parse(name):
+    subprocess.run(["bash", "-n", str(REPO / "slurm" / name)], check=True)
+
+
+@pytest.mark.parametrize("name", ["tune.sh", "train.sh"])
+def test_batch_scripts_ask_for_the_usr1_warning(name):
+    text = (REPO / "slurm" / name).read_text()
+    assert "#SBATCH --signal=B:USR1@600" in text
+    assert "#SBATCH --time=" in text and "#SBATCH --nodes=" in text
+
+
+def test_ports_are_distinct_within_a_job_and_between_neighbouring_jobs():
+    ports = {job: [int(p) for p in _bash(f"source {LIBRARY}; ray_job_ports {job}").split()]
+             for job in (4711, 4712, 4911)}
+    first = ports[4711]
+    assert len(first) == 11 and len(set(first)) == 11
+    assert all(20000 <= p < 60000 for p in first)
+    # worker port range of job 4711 ends below the first port of job 4712
+    assert first[-1] < ports[4712][0]
+    # ids 200 apart share the ports (the documented limit)
+    assert ports[4911] == first
+
+
+def test_active_nodes_are_counted_from_ray_status(tmp_path):
+    fake_ray = tmp_path / "ray"
+    fake_ray.write_text("#!/bin/bash\ncat <<'EOF'\n======== Autoscaler status ========\nNode status\n"
+                        "---------------------------------------------------------------\nActive:\n"
+                        " 1 node_5278512f88\n 1 node_9a01be\nPending:\n 1 node_pending\n"
+                        "Recent failures:\n (no failures)\nEOF\n")
+    fake_ray.chmod(0o755)
+    assert _bash(f"source {LIBRARY}; count_active_nodes 1.2.3.4:5", {"RAY": str(fake_ray)}).strip() == "2"
+
+
+def _simulated_allocation(job_id: int) -> dict[str, str]:
+    return {"PATH": f"{SHIMS}:{VENV_BIN}:{os.environ['PATH']}", "SLURM_JOB_ID": str(job_id),
+            "SLURM_JOB_NODELIST": "localhost", "SLURM_NNODES": "1", "SLURM_CPUS_ON_NODE": "2",
+            "SLURM_SUBMIT_DIR": str(REPO), "HPE_RAY": f"{sys.executable} -m hpe_ray",
+            "RAY": str(VENV_BIN / "ray")}
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_tune_sh_saves_on_usr1_and_a_resubmission_finishes_the_search(tmp_path):
+    """The walltime path: USR1 to the batch shell -> Tune saves -> the job ends cleanly ->
+    the same job again (with --resume) finishes the search, keeping the finished trials."""
+    data = make_tiny_dataset(tmp_path / "data")
+    space = write_space(tmp_path, {**TINY_SPACE, "search_settings": {**TINY_SPACE["search_settings"],
+                                                                     "num_samples": 3}}, "tiny.yaml")
+    experiment = tmp_path / "runs" / "slurm"
+    job_id = 100_000 + os.getpid() % 100_000
+    command = ["bash", str(REPO / "slurm" / "tune.sh"), "--space", str(space), "--data", str(data),
+               "--storage", str(tmp_path / "runs"), "--name", "slurm", "--resume"]
+    env = {**os.environ, **_simulated_allocation(job_id)}
+
+    job = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not finished_trials(experiment):
+            assert job.poll() is None and time.monotonic() < deadline, "no trial finished"
+            time.sleep(1)
+        job.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@600` sends
+        output = job.communicate(timeout=180)[0]
+    finally:
+        job.kill()
+    assert job.returncode == 0, output[-4000:]
+    assert "USR1: asking the driver to save and stop" in output
+    assert "unfinished: run it again with --resume" in output
+    assert "Ray cluster stopped" in output
+    time.sleep(2)
+    assert _processes_mentioning(f"/tmp/ray_{job_id}") == [], "Ray processes of the job were left running"
+    finished = finished_trials(experiment)
+    assert 1 <= len(finished) < 3
+    before = {path: path.read_bytes() for path in finished}
+
+    resubmitted = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resubmitted.returncode == 0, resubmitted.stdout[-4000:] + resubmitted.stderr[-4000:]
+    board = pd.read_csv(experiment / "leaderboard.csv")
+    assert len(board) == 3 and board["trial_id"].is_unique
+    assert set(board["status"]) <= {"complete", "stopped early"}
+    assert all(path.read_bytes() == text for path, text in before.items())
+    assert len(list((experiment / "train_runs").iterdir())) == 3
+    assert _processes_mentioning(f"/tmp/ray_{job_id}") == []
