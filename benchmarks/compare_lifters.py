@@ -51,7 +51,7 @@ THESIS_VAE = {"model.latent_dim": 100, "loss.beta.kind": "constant", "loss.beta.
 MODELS = {
     "VAE": ("vae", THESIS_VAE),
     "Baseline (deterministic)": ("baseline", {**THESIS_VAE, "model.deterministic": True}),
-    "VAE, no virtual-camera aug.": ("vae-no-aug", {**THESIS_VAE, "data.virtual_camera_augmentation": False}),
+    "VAE, no virtual-camera aug.": ("vae-no-aug", {**THESIS_VAE, "data.virtual_camera_fraction": 0.0}),
 }
 NO_AUGMENTATION = "VAE, no virtual-camera aug."
 

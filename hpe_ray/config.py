@@ -34,8 +34,10 @@ class DataConfig(_Strict):
     loader_workers: int = Field(1, ge=0)
     in_memory: Literal["auto", "always", "never"] = "auto"
     """auto: lifting-only runs (no image modality) keep all 2D/3D arrays on the device."""
-    virtual_camera_augmentation: bool = True
-    """Re-project each training 3D pose through a random virtual camera (in-memory path)."""
+    virtual_camera_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of training samples re-projected through a random virtual camera each epoch
+    (in-memory lifting path): generalises to unseen cameras while the rest keeps the real
+    training views. 0 disables the augmentation."""
     on_error: Literal["raise", "skip"] = "raise"
 
     @field_validator("image_size")

@@ -116,10 +116,12 @@ def _in_memory_train(cfg: Config, stats: NormStats, rank: int, world_size: int,
 
     def batches(epoch: int) -> Iterator[Batch]:
         mine = rank_slice(n, rank, world_size, cfg.train.seed, epoch).to(device)[:steps * batch_size]
-        views = (keypoints_2d_px[mine], pose_3d_cam_mm[mine], intrinsics[mine])
-        if cfg.data.virtual_camera_augmentation:
+        views = (keypoints_2d_px[mine], pose_3d_cam_mm[mine], intrinsics[mine])  # indexing copies
+        if cfg.data.virtual_camera_fraction > 0:
             generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + rank)
-            views = virtual_camera_views(views[1], views[2], generator)
+            virtual = (torch.rand(len(mine), generator=generator) < cfg.data.virtual_camera_fraction).to(device)
+            for view, new_view in zip(views, virtual_camera_views(views[1][virtual], views[2][virtual], generator)):
+                view[virtual] = new_view
         epoch_data = pose_batch(*views, stats)
         for step in range(steps):
             yield {k: v[step * batch_size:(step + 1) * batch_size] for k, v in epoch_data.items()}
