@@ -32,10 +32,7 @@ def run_demo(data_dir: str | Path = "data/synthetic", out_dir: str | Path = "run
     experiment_dir = Path(out_dir).resolve() / name
     result = run_search(space, data_dir, trials=trials, resume=True, storage=out_dir, name=name)
     print("\nleaderboard (validation MPJPE, mm, synthetic data):")
-    print(result.leaderboard.to_string(index=False, max_colwidth=40))
-    print()
-    print(result.describe())
-    for path in make_report(experiment_dir):
+    for path in make_report(experiment_dir):  # prints the leaderboard and the best trial
         print(f"report: {path}")
     if result.best_checkpoint:
         for path in result_figures(result.best_checkpoint, data_dir, experiment_dir / "figures"):
