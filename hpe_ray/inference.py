@@ -13,7 +13,6 @@ Predictions go through `hpe_ray.lifting.predict_pose_3d_mm`, the function valida
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from hpe_ray.checkpoint import LoadedCheckpoint, load_checkpoint
+from hpe_ray.lifting import most_common_camera
 from hpe_ray.normalization import NormStats, normalize_2d
 from hpe_ray.skeleton import NUM_JOINTS
 
@@ -36,13 +36,6 @@ class LiftResult:
     hypotheses: np.ndarray | None
     valid: np.ndarray
     problems: dict[int, str] = field(default_factory=dict)
-
-
-def most_common_camera(intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(focal_px (2,), center_px (2,)) of the most frequent row of intrinsics (N, 9)."""
-    rows = Counter(tuple(row) for row in np.asarray(intrinsics, np.float64)[:, :4].tolist())
-    focal_and_center = np.asarray(rows.most_common(1)[0][0])
-    return focal_and_center[:2], focal_and_center[2:]
 
 
 def training_camera(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +77,9 @@ class Lifter:
 
     def default_camera(self) -> tuple[np.ndarray, np.ndarray]:
         """(focal_px, center_px) for inputs without intrinsics (see the class docstring)."""
+        stored = self.checkpoint.state.get("extra", {}).get("train_camera")
+        if self._default_camera is None and stored is not None:
+            self._default_camera = (np.asarray(stored[:2]), np.asarray(stored[2:4]))
         if self._default_camera is None:
             data_dir = self.checkpoint.cfg.data.dir
             try:

@@ -8,7 +8,9 @@ with its per-sample Protocol 1/2 errors, so validation, `evaluate` and `predict`
 from __future__ import annotations
 
 import math
+from collections import Counter
 
+import numpy as np
 import torch
 
 from hpe_ray.camera import project_to_pixels
@@ -119,3 +121,10 @@ def batch_errors(model: torch.nn.Module, batch: Batch, modality: str, stats: Nor
         "mpjpe_best_of_k": best_of_k(mpjpe(samples_mm, truth_k)),
         "pa_mpjpe_best_of_k": best_of_k(pa_mpjpe(samples_mm, truth_k)),
     }
+
+
+def most_common_camera(intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(focal_px (2,), center_px (2,)) of the most frequent row of intrinsics (N, 9)."""
+    rows = Counter(tuple(row) for row in np.asarray(intrinsics, np.float64)[:, :4].tolist())
+    focal_and_center = np.asarray(rows.most_common(1)[0][0])
+    return focal_and_center[:2], focal_and_center[2:]

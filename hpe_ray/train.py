@@ -49,7 +49,14 @@ from hpe_ray.data.stream import (
     make_loader,
 )
 from hpe_ray.models import BATCH_KEY, DEFAULT_RECON_KIND, make_beta_schedule, pair_loss, reprojection_loss
-from hpe_ray.lifting import Batch, batch_errors, pose_batch, predict_pose_3d_mm, virtual_camera_views
+from hpe_ray.lifting import (
+    Batch,
+    batch_errors,
+    most_common_camera,
+    pose_batch,
+    predict_pose_3d_mm,
+    virtual_camera_views,
+)
 from hpe_ray.normalization import NormStats, denormalize_3d
 
 logger = logging.getLogger(__name__)
@@ -328,6 +335,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     beta_at = make_beta_schedule(beta.kind, beta.max, round(beta.warmup_epochs * steps), beta.cycles,
                                  cfg.train.epochs * steps, beta.ratio)
     writer = _tensorboard_writer(run_dir, start_epoch) if rank == 0 else None
+    # [fx, fy, cx, cy] px of the commonest training camera: what `predict` assumes for keypoints
+    # that come without intrinsics, kept in the checkpoint so inference needs no dataset.
+    train_camera = (np.concatenate(most_common_camera(load_pose_arrays(cfg.data.dir, "train").intrinsics)).tolist()
+                    if rank == 0 else None)
 
     for epoch in range(start_epoch, cfg.train.epochs):
         _maybe_fail(loop_config.get("fail_at_epoch"), epoch, rank, world_size, run_dir)
@@ -342,13 +353,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                  epoch + 1, device)
         best_mpjpe = min(best_mpjpe, metrics["val_mpjpe"])
         metrics["val_mpjpe_best"] = best_mpjpe
-        _report(metrics, rank, writer, model, optimizer, scheduler, stats, cfg, global_step)
+        _report(metrics, rank, writer, model, optimizer, scheduler, stats, cfg, global_step, train_camera)
     if writer is not None:
         writer.close()
 
 
 def _report(metrics: dict[str, float], rank: int, writer, model, optimizer, scheduler, stats: NormStats,
-            cfg: Config, global_step: int) -> None:
+            cfg: Config, global_step: int, train_camera: list[float] | None) -> None:
     """Every rank reports (it is a barrier); rank 0 also logs and passes the checkpoint."""
     if rank != 0:
         ray.train.report(metrics)
@@ -364,7 +375,8 @@ def _report(metrics: dict[str, float], rank: int, writer, model, optimizer, sche
     with tempfile.TemporaryDirectory(prefix="hpe-ray-ckpt-") as directory:
         save_checkpoint(directory, model=model, optimizer=optimizer, scheduler=scheduler, stats=stats, cfg=cfg,
                         epoch=epoch, metrics=metrics,
-                        extra={"global_step": global_step, "val_mpjpe_best": metrics["val_mpjpe_best"]})
+                        extra={"global_step": global_step, "val_mpjpe_best": metrics["val_mpjpe_best"],
+                               "train_camera": train_camera})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 

@@ -22,6 +22,7 @@ from hpe_ray.config import Config
 from hpe_ray.normalization import NormStats, normalize_2d, normalize_3d
 from hpe_ray.lifting import (
     batch_errors,
+    most_common_camera,
     pose_batch,
     predict_pose_3d_mm,
     rotation_about_axis,
@@ -280,6 +281,15 @@ def test_lifting_with_two_workers_beats_the_mean_pose(lifting_run, pose_shards):
     assert b"val_mpjpe" in events and b"val/predictions" in events  # scalars and the prediction grid
     state = torch.load(Path(result.checkpoint.path) / CHECKPOINT_FILE, weights_only=True)
     assert state["extra"]["global_step"] == 4 * EPOCH_STEPS_LIFTING
+    # The commonest training camera travels with the checkpoint, for keypoints without intrinsics.
+    from hpe_ray.data.stream import load_pose_arrays
+    from hpe_ray.inference import Lifter
+
+    focal, center = most_common_camera(load_pose_arrays(pose_shards, "train").intrinsics)
+    np.testing.assert_allclose(state["extra"]["train_camera"], [*focal, *center])
+    lifter = Lifter(load_checkpoint(result.checkpoint.path))
+    lifter.checkpoint.cfg.data.dir = "/nonexistent"  # the stored camera is used, not the dataset
+    np.testing.assert_allclose(np.concatenate(lifter.default_camera()), [*focal, *center])
 
 
 @pytest.mark.slow
