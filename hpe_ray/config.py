@@ -200,15 +200,21 @@ def config_from_dict(tree: dict[str, Any] | None, origin: str = "config") -> Con
         raise ConfigError(_format_error(err, origin)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML config file; unknown keys and bad values raise ConfigError naming the key."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; ConfigError naming the file otherwise."""
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} not found")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
+        raise ConfigError(f"{path}: top level must be {expected}")
+    return tree
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config file; unknown keys and bad values raise ConfigError naming the key."""
+    path = Path(path)
+    tree = read_yaml_mapping(path, "config file", "a mapping of sections")
     return config_from_dict(apply_overrides(tree, overrides or {}), origin=str(path))

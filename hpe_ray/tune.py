@@ -32,12 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpe_ray.config import Config, ConfigError, config_from_dict
+from hpe_ray.config import Config, ConfigError, config_from_dict, read_yaml_mapping
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -192,14 +191,7 @@ def _complete_point(point: Any, params: dict[str, BaseDistribution], base_tree: 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check a search space file; every problem is a ConfigError naming file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: search space file not found")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: top level must be a mapping with base, search, search_settings")
+    tree = read_yaml_mapping(path, "search space file", "a mapping with base, search, search_settings")
     unknown = sorted(set(tree) - {"base", "search", "search_settings"})
     if unknown:
         raise ConfigError(f"{path}: unknown sections {unknown}; use base, search, search_settings")
