@@ -47,6 +47,7 @@ from hpe_ray.data.stream import (
     load_stats,
     make_eval_loader,
     make_loader,
+    verify_shards,
 )
 from hpe_ray.models import BATCH_KEY, DEFAULT_RECON_KIND, make_beta_schedule, pair_loss, reprojection_loss
 from hpe_ray.lifting import (
@@ -145,7 +146,7 @@ def _streaming_train(cfg: Config, stats: NormStats, rank: int, world_size: int
     loader = make_loader(cfg.data.dir, "train", cfg.train.batch_size, with_images=cfg.uses_images,
                          image_size=cfg.data.image_size, stats=stats, shuffle_buffer=cfg.data.shuffle_buffer,
                          num_workers=cfg.data.loader_workers, batches_per_epoch=steps, seed=cfg.train.seed,
-                         on_error=cfg.data.on_error, rank=rank, world_size=world_size)
+                         on_error=cfg.data.on_error, rank=rank, world_size=world_size, verify=False)
     return steps, lambda epoch: loader
 
 
@@ -155,7 +156,7 @@ def _val_batches(cfg: Config, stats: NormStats, modality: str, rank: int, world_
     (poses: evenly spaced samples; images: the first batches in shard order)."""
     cap = cfg.train.val_max_samples
     if modality == "rgb":
-        loader = eval_loader(cfg, stats, "val", cfg.data.dir, rank=rank, world_size=world_size)
+        loader = eval_loader(cfg, stats, "val", cfg.data.dir, rank=rank, world_size=world_size, verify=False)
         max_batches = math.ceil(cap / (world_size * cfg.train.batch_size)) if cap else None
         return lambda: itertools.islice(loader, max_batches)
     arrays = load_pose_arrays(cfg.data.dir, "val", on_error=cfg.data.on_error)
@@ -177,11 +178,24 @@ def array_batches(arrays: PoseArrays, stats: NormStats, batch_size: int, device:
 
 
 def eval_loader(cfg: Config, stats: NormStats, split: str, data_dir: str, *, rank: int = 0,
-                world_size: int = 1) -> Iterable[dict]:
+                world_size: int = 1, verify: bool = True) -> Iterable[dict]:
     """Every sample of a split once over all ranks, with images; this rank's share."""
     return make_eval_loader(data_dir, split, cfg.train.batch_size, with_images=True, image_size=cfg.data.image_size,
                             stats=stats, num_workers=cfg.data.loader_workers, on_error=cfg.data.on_error,
-                            rank=rank, world_size=world_size)
+                            rank=rank, world_size=world_size, verify=verify)
+
+
+def streams_shards(cfg: Config) -> bool:
+    """Whether training streams the shards (images, or in_memory "never") instead of holding poses."""
+    return cfg.uses_images or cfg.data.in_memory == "never"
+
+
+def verify_training_data(cfg: Config) -> None:
+    """Read every tar header of the train and val splits once, on the driver, for runs that stream
+    them: a bad shard fails here, named, before any worker starts. The workers' loaders then skip
+    this full read (they still check shard sizes against the manifest and name bad samples)."""
+    if streams_shards(cfg):
+        verify_shards(cfg.data.dir, ["train", "val"], on_error=cfg.data.on_error)
 
 
 # ---------------------------------------------------------------- the loop
@@ -312,7 +326,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as directory:
             state = read_checkpoint_state(directory, map_location=device)
     stats = NormStats.from_dict(state["stats"]) if state else load_stats(cfg.data.dir, mode_2d=cfg.data.mode_2d)
-    if cfg.uses_images or cfg.data.in_memory == "never":
+    if streams_shards(cfg):
         steps, train_batches = _streaming_train(cfg, stats, rank, world_size)
     else:
         steps, train_batches = _in_memory_train(cfg, stats, rank, world_size, device)
@@ -449,6 +463,7 @@ def run_training(cfg: Config, *, resume: bool = True) -> ray.train.Result:
     resume=False leaves it alone and starts a new run named "<name>-restart-<timestamp>".
     """
     cfg = absolute_paths(cfg)
+    verify_training_data(cfg)
     storage = Path(cfg.run.storage).resolve()
     run_name = cfg.run.name
     if not resume and (storage / run_name).exists():

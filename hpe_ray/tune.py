@@ -569,6 +569,10 @@ def run_search(space_path: str | Path, data_dir: str | Path, *, trials: int | No
         info = {"num_samples": trials or space.settings.num_samples, "space": str(space.path.resolve())}
     info["data_dir"] = str(data_dir)
 
+    from hpe_ray.train import verify_training_data
+
+    # Shards are checked once here, not by every worker of every trial.
+    verify_training_data(space.base.with_overrides({"data.dir": str(data_dir)}))
     started = _connect(address, dashboard_host)
     try:
         if can_restore:

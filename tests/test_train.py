@@ -364,3 +364,18 @@ def test_cross_modal_pairs_checkpoints_and_resume(ray_cluster, image_shards, tmp
 
     from_rgb = evaluate_checkpoint(tmp_path / "cross", image_shards, split="val", modality="rgb")
     assert len(from_rgb.actions) == 320 and np.isfinite(from_rgb.errors["mpjpe"]).all()
+
+
+def test_streaming_runs_verify_the_shards_once_on_the_driver(tmp_path):
+    from conftest import write_tiny_dataset
+
+    from hpe_ray.data.sample import BadSampleError
+    from hpe_ray.train import verify_training_data
+
+    data_dir = write_tiny_dataset(tmp_path / "data")
+    shard = data_dir / "val-000000.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    lifting = Config().with_overrides({"data.dir": str(data_dir)})
+    verify_training_data(lifting)  # in-memory lifting reads the poses index, not the tars
+    with pytest.raises(BadSampleError, match=r"val-000000\.tar"):
+        verify_training_data(lifting.with_overrides({"data.in_memory": "never"}))
