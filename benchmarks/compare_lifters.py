@@ -40,7 +40,8 @@ from hpe_ray.data.convert import write_bvh_dataset
 from hpe_ray.data.shards import load_manifest
 from hpe_ray.data.synthetic import SyntheticSpec, write_synthetic_dataset
 from hpe_ray.evaluate import AVERAGE_ROW, evaluate_checkpoint, write_tables
-from hpe_ray.train import run_training, steps_per_epoch
+from hpe_ray.distributed import run_training
+from hpe_ray.training.data import steps_per_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 BANDAI_DIR = REPO.parent / "shared" / "data" / "bandai-namco-1" / "data"

@@ -26,11 +26,12 @@ import numpy as np
 import onnxruntime
 import torch
 
-from hpe_ray.checkpoint import build_model, load_checkpoint, save_checkpoint
 from hpe_ray.config import Config
-from hpe_ray.export import ExportableLifter, example_inputs, export_lifter
 from hpe_ray.inference import Lifter
+from hpe_ray.inference.export import ExportableLifter, example_inputs, export_lifter
+from hpe_ray.models import build_model
 from hpe_ray.normalization import NormStats
+from hpe_ray.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def default_checkpoint(directory: Path) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from hpe_ray.tune import run_search
+from hpe_ray.search.tune import run_search
 
 VARIANTS = {"tpe-asha": {"sampler": "tpe", "scheduler": "asha"},
             "random-full": {"sampler": "random", "scheduler": "none"}}

@@ -20,7 +20,7 @@ import ray
 from hpe_ray.config import Config
 from hpe_ray.data.shards import write_shards
 from hpe_ray.data.synthetic import SyntheticSpec, synthetic_splits
-from hpe_ray.train import run_training
+from hpe_ray.distributed import run_training
 
 CROSS_MODAL_PAIRS = {"pose2d_to_pose3d": 1.0, "rgb_to_pose3d": 1.0, "rgb_to_rgb": 1.0, "pose2d_to_pose2d": 1.0}
 

@@ -10,6 +10,7 @@ calls them); the backend follows the type of the points.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -211,3 +212,10 @@ def _intrinsics_vector(intrinsics, like):
 def _per_joint(per_sample):
     """(..., C) -> (..., 1, C): one value per sample, shared by its J joints."""
     return per_sample[..., None, :]
+
+
+def most_common_camera(intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(focal_px (2,), center_px (2,)) of the most frequent row of intrinsics (N, 9)."""
+    rows = Counter(tuple(row) for row in np.asarray(intrinsics, np.float64)[:, :4].tolist())
+    focal_and_center = np.asarray(rows.most_common(1)[0][0])
+    return focal_and_center[:2], focal_and_center[2:]

@@ -98,7 +98,7 @@ def _load_config(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> None:
     cfg = _load_config(args)  # fails on a bad key before any cluster work
-    from hpe_ray.train import run_training
+    from hpe_ray.distributed import run_training
 
     result = run_training(cfg, resume=not args.restart)
     print(f"run directory: {result.path}")
@@ -120,7 +120,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- tune / report
 
 def _cmd_tune(args: argparse.Namespace) -> None:
-    from hpe_ray.tune import load_space, run_search
+    from hpe_ray.search.space import load_space
+    from hpe_ray.search.tune import run_search
 
     load_space(args.space)  # a bad space fails here, before Ray starts
     run_search(args.space, args.data, trials=args.trials, resume=args.resume,
@@ -137,30 +138,30 @@ def _cmd_report(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- results
 
 def _cmd_viz(args: argparse.Namespace) -> None:
-    from hpe_ray import viz
+    from hpe_ray import figures
 
     if args.figure == "predictions":
-        paths = viz.predictions_figure(args.checkpoint, args.data, split=args.split, n=args.n,
-                                       hypotheses=args.hypotheses, seed=args.seed, out=args.out)
+        paths = figures.predictions_figure(args.checkpoint, args.data, split=args.split, n=args.n,
+                                           hypotheses=args.hypotheses, seed=args.seed, out=args.out)
     elif args.figure == "latent":
-        paths = viz.latent_figure(args.checkpoint, args.data, split=args.split,
-                                  n_neighbors=tuple(args.n_neighbors), max_points=args.max_points,
-                                  seed=args.seed, out=args.out)
+        paths = figures.latent_figure(args.checkpoint, args.data, split=args.split,
+                                      n_neighbors=tuple(args.n_neighbors), max_points=args.max_points,
+                                      seed=args.seed, out=args.out)
     else:
-        paths = viz.errors_figure(args.checkpoint, args.data, split=args.split, out=args.out)
+        paths = figures.errors_figure(args.checkpoint, args.data, split=args.split, out=args.out)
     for path in paths:
         print(f"wrote {path}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from hpe_ray.predict import predict_file
+    from hpe_ray.inference import predict_file
 
     print(predict_file(args.checkpoint, args.input, args.output, hypotheses=args.hypotheses,
                        images_dir=args.images, keypoint_format=args.format))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from hpe_ray.export import export_lifter
+    from hpe_ray.inference import export_lifter
 
     for path in export_lifter(args.checkpoint, args.out, formats=tuple(args.formats)):
         print(f"wrote {path}")

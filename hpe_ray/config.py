@@ -184,8 +184,9 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return out
 
 
-def _format_error(err: ValidationError, origin: str) -> str:
-    lines = [f"{origin}: invalid configuration"]
+def format_validation_error(err: ValidationError, origin: str, what: str = "configuration") -> str:
+    """One line naming origin, then one line per bad key: "  model.latnet_dim: unknown key"."""
+    lines = [f"{origin}: invalid {what}"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
@@ -197,7 +198,7 @@ def config_from_dict(tree: dict[str, Any] | None, origin: str = "config") -> Con
     try:
         return Config.model_validate(tree or {})
     except ValidationError as err:
-        raise ConfigError(_format_error(err, origin)) from None
+        raise ConfigError(format_validation_error(err, origin)) from None
 
 
 def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
@@ -218,3 +219,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     path = Path(path)
     tree = read_yaml_mapping(path, "config file", "a mapping of sections")
     return config_from_dict(apply_overrides(tree, overrides or {}), origin=str(path))
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """data.dir and a model.image_pretrained file as absolute paths, resolved in the caller's
+    working directory: Ray workers (and Tune trials, which change directory) do not share it."""
+    overrides = {"data.dir": str(Path(cfg.data.dir).resolve())}
+    if cfg.model.image_pretrained not in (None, "torchvision"):
+        overrides["model.image_pretrained"] = str(Path(cfg.model.image_pretrained).resolve())
+    return cfg.with_overrides(overrides)

@@ -16,7 +16,8 @@ def run_demo(data_dir: str | Path = "data/synthetic", out_dir: str | Path = "run
     from hpe_ray.data.shards import summary
     from hpe_ray.data.synthetic import SyntheticSpec, write_synthetic_dataset
     from hpe_ray.report import make_report
-    from hpe_ray.tune import load_space, run_search
+    from hpe_ray.search.space import load_space
+    from hpe_ray.search.tune import run_search
 
     started = time.perf_counter()
     load_space(space)  # a bad space fails before minutes of data generation
@@ -44,8 +45,9 @@ def run_demo(data_dir: str | Path = "data/synthetic", out_dir: str | Path = "run
 def result_figures(checkpoint: str | Path, data_dir: str | Path, out_dir: Path) -> list[Path]:
     """The thesis's two figures for the best model on the test split: 25 predictions against
     ground truth (with 5 sampled hypotheses) and the latent space in UMAP coloured by action."""
-    from hpe_ray import viz
+    from hpe_ray import figures
 
-    return (viz.predictions_figure(checkpoint, data_dir, split="test", n=25, hypotheses=5, out=out_dir / "predictions")
-            + viz.latent_figure(checkpoint, data_dir, split="test", max_points=2000, out=out_dir / "latent")
-            + viz.errors_figure(checkpoint, data_dir, split="test", out=out_dir / "errors"))
+    return (figures.predictions_figure(checkpoint, data_dir, split="test", n=25, hypotheses=5,
+                                       out=out_dir / "predictions")
+            + figures.latent_figure(checkpoint, data_dir, split="test", max_points=2000, out=out_dir / "latent")
+            + figures.errors_figure(checkpoint, data_dir, split="test", out=out_dir / "errors"))

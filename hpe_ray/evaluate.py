@@ -1,7 +1,7 @@
 """Protocol 1 and 2 tables per action for a checkpoint.
 
 Errors are in mm over 17 joints with the root put back at zero, from the same prediction
-function the train loop validates with (`hpe_ray.lifting.batch_errors`). Averaging is
+function the train loop validates with (`hpe_ray.training.loop.batch_errors`). Averaging is
 action-wise, as in the Human3.6M literature: frames are pooled per action (sub-actions merged,
 all cameras), then "Average" is the unweighted mean over actions. Best of K takes, per frame,
 the smallest error of K hypotheses sampled from the input-conditioned posterior.
@@ -10,7 +10,6 @@ the smallest error of K hypotheses sampled from the input-conditioned posterior.
 from __future__ import annotations
 
 import csv
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpe_ray.checkpoint import LoadedCheckpoint, load_checkpoint
 from hpe_ray.data.stream import load_pose_arrays
-from hpe_ray.metrics import per_action_table
-from hpe_ray.lifting import batch_errors
-from hpe_ray.train import array_batches, eval_loader, to_device
+from hpe_ray.metrics import base_action, per_action_table
+from hpe_ray.training.checkpoint import LoadedCheckpoint, load_checkpoint
+from hpe_ray.training.data import array_batches, eval_loader, to_device
+from hpe_ray.training.loop import batch_errors
 
 # Column of the tables -> key of the per-sample errors, with a K placeholder for best of K.
 _COLUMNS = {"MPJPE (P1)": "mpjpe", "PA-MPJPE (P2)": "pa_mpjpe",
@@ -45,11 +44,6 @@ class EvalResult:
     errors: dict[str, np.ndarray]
     actions: np.ndarray
     tables: dict[str, dict[str, float]]
-
-
-def base_action(action: str) -> str:
-    """Merge sub-actions: "Walking 1" -> "Walking" (Human3.6M sequence names carry a suffix)."""
-    return re.sub(r"\s+\d+$", "", action)
 
 
 def evaluate_checkpoint(checkpoint, data_dir: str | Path, *, split: str = "test", hypotheses: int = 1,

@@ -6,6 +6,7 @@ any leading batch dims; errors are in the unit of the input (mm for Protocol 1/2
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import numpy as np
@@ -100,3 +101,8 @@ def _check_same_shape(pred, gt, name: str) -> None:
     if tuple(pred.shape) != tuple(gt.shape) or pred.shape[-1] != 3:
         raise ValueError(f"hpe_ray.metrics.{name}: pred and gt must both be (..., J, 3), "
                          f"got {tuple(pred.shape)} and {tuple(gt.shape)}")
+
+
+def base_action(action: str) -> str:
+    """Merge sub-actions: "Walking 1" -> "Walking" (Human3.6M sequence names carry a suffix)."""
+    return re.sub(r"\s+\d+$", "", action)

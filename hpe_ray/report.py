@@ -20,7 +20,8 @@ import optuna
 import pandas as pd
 from optuna.distributions import BaseDistribution
 
-from hpe_ray.tune import ASHA_METRIC, SPACE_COPY, TrialRecord, load_space, markdown_table, summarize_search
+from hpe_ray.search.results import TrialRecord, markdown_table, summarize_search
+from hpe_ray.search.space import ASHA_METRIC, SPACE_COPY, load_space
 
 
 def rebuilt_study(board: pd.DataFrame, distributions: dict[str, BaseDistribution]) -> optuna.Study:

@@ -1,20 +1,16 @@
-"""Shared test fixtures: a tiny synthetic dataset and a tiny trained lifting model (no Ray)."""
+"""Shared test fixtures: a tiny synthetic dataset and a tiny lifting model trained by the\ntraining core in this process (no Ray)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from hpe_ray.checkpoint import build_model, save_checkpoint
 from hpe_ray.config import Config
 from hpe_ray.data.shards import write_shards
-from hpe_ray.data.stream import iter_samples, load_pose_arrays, load_stats
 from hpe_ray.data.synthetic import SyntheticSpec, synthetic_splits
-from hpe_ray.lifting import pose_batch
-from hpe_ray.models import pair_loss
+from hpe_ray.training.checkpoint import CHECKPOINT_FILE
+from hpe_ray.training.loop import EPOCH_DIR, fit
 
 TINY_ACTIONS = ("Walking", "Sitting", "Greeting")
 
@@ -29,33 +25,16 @@ def write_tiny_dataset(out_dir: Path, image_size: int | None = None) -> Path:
 
 def train_tiny_checkpoint(data_dir: Path, out_dir: Path, *, steps: int = 200, rgb: bool = False,
                           mode_2d: str = "camera") -> Path:
-    """A small lifting VAE (and RGB encoder) trained for `steps` Adam steps, saved as a checkpoint."""
-    torch.manual_seed(0)
+    """A small lifting VAE (and RGB encoder) trained by the training core for one epoch of
+    `steps` steps (at least one); returns the path of its checkpoint.pt."""
     pairs = {"pose2d_to_pose3d": 1.0, **({"rgb_to_pose3d": 1.0} if rgb else {})}
     cfg = Config().with_overrides({
         "data.dir": str(data_dir), "data.mode_2d": mode_2d, "data.image_size": 32, "loss.pairs": pairs,
-        "model.latent_dim": 8, "model.hidden": 32, "model.blocks": 2, "loss.beta.max": 0.01})
-    stats = load_stats(data_dir, mode_2d)
-    arrays = load_pose_arrays(data_dir, "train")
-    data = pose_batch(*(torch.as_tensor(a) for a in (arrays.keypoints_2d_px, arrays.pose_3d_cam_mm,
-                                                      arrays.intrinsics)), stats)
-    if rgb:
-        images = np.stack([sample.image for sample in iter_samples(data_dir, "train")])
-        data["image"] = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    model = build_model(cfg).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        batch = {k: v[torch.randint(0, len(arrays), (32,))] for k, v in data.items()}
-        loss = 0.0
-        for src, dst, _ in cfg.loss.pair_list():
-            recon, mu, logvar = model(src, dst, batch)
-            loss = loss + pair_loss(recon, batch["pose_3d"], mu, logvar, beta=cfg.loss.beta.max)["total"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-    return save_checkpoint(out_dir, model=model.eval(), optimizer=optimizer, scheduler=scheduler, stats=stats,
-                           cfg=cfg, epoch=0, metrics={"val_mpjpe": float("nan")})
+        "data.virtual_camera_fraction": 0.0, "model.latent_dim": 8, "model.hidden": 32, "model.blocks": 2,
+        "loss.beta.max": 0.01, "loss.schedule": "sum", "train.epochs": 1, "train.steps_per_epoch": max(steps, 1),
+        "train.batch_size": 32, "train.lr": 3e-3, "train.eval_hypotheses": 2, "train.tensorboard_images_every": 0})
+    fit(cfg, out_dir)
+    return out_dir / EPOCH_DIR.format(epoch=1) / CHECKPOINT_FILE
 
 
 # Session-scoped and at fixed paths under the base temp dir: made once for the results tests
@@ -69,7 +48,6 @@ def tiny_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.getbasetemp() / "tiny-results-checkpoint"
+    checkpoint = out_dir / EPOCH_DIR.format(epoch=1) / CHECKPOINT_FILE
     # metrics.json is the last file save_checkpoint writes.
-    if (out_dir / "metrics.json").is_file():
-        return out_dir / "checkpoint.pt"
-    return train_tiny_checkpoint(tiny_dataset, out_dir)
+    return checkpoint if (checkpoint.parent / "metrics.json").is_file() else train_tiny_checkpoint(tiny_dataset, out_dir)

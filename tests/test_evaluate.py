@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpe_ray.evaluate import AVERAGE_ROW, EvalResult, base_action, format_table, write_tables
+from hpe_ray.evaluate import AVERAGE_ROW, EvalResult, format_table, write_tables
+from hpe_ray.metrics import base_action
 from hpe_ray.metrics import per_action_table
 
 

@@ -10,10 +10,10 @@ import onnx
 import pytest
 import torch
 
-from hpe_ray.checkpoint import load_checkpoint
 from hpe_ray.data.stream import load_pose_arrays
-from hpe_ray.export import CHECK_TOLERANCE_STD, ExportableLifter, check_export, export_lifter, run_exported
 from hpe_ray.inference import Lifter
+from hpe_ray.inference.export import CHECK_TOLERANCE_STD, ExportableLifter, check_export, export_lifter, run_exported
+from hpe_ray.training.checkpoint import load_checkpoint
 from conftest import train_tiny_checkpoint
 
 

@@ -40,7 +40,7 @@ def test_every_encoder_decoder_pair_has_the_modality_shape(image_size):
     with torch.no_grad():
         for src in ALL_ENCODERS:
             for dst in ALL_DECODERS:
-                recon, mu, logvar = model.forward_pair(src, dst, batch)
+                recon, mu, logvar = model(src, dst, batch)
                 assert recon.shape == expected[dst], (src, dst)
                 assert mu.shape == logvar.shape == (2, 8)
 
@@ -94,12 +94,14 @@ def test_lift_returns_mean_of_mu_and_k_distinct_samples():
     model = small_model().eval()
     pose_2d = torch.randn(3, 16, 2)
     with torch.no_grad():
-        mean, samples = model.lift(pose_2d, num_samples=5)
+        mean, samples = model.lift("pose2d", pose_2d, hypotheses=5)
         mu, _ = model.encode("pose2d", pose_2d)
         torch.testing.assert_close(mean, model.decode("pose3d", mu))
     assert mean.shape == (3, 16, 3) and samples.shape == (3, 5, 16, 3)
     assert not torch.allclose(samples[:, 0], samples[:, 1])
-    assert model.lift(pose_2d)[1] is None
+    assert model.lift("pose2d", pose_2d, hypotheses=0)[1].shape == (3, 0, 16, 3)
+    with pytest.raises(ValueError, match="hypotheses"):
+        model.lift("pose2d", pose_2d, hypotheses=-1)
 
 
 def test_deterministic_baseline_has_no_kl_and_no_logvar_heads():
@@ -110,14 +112,14 @@ def test_deterministic_baseline_has_no_kl_and_no_logvar_heads():
     n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert n_params(vae) - n_params(baseline) == head_params
     batch = {"pose_2d": torch.randn(4, 16, 2), "pose_3d": torch.randn(4, 16, 3)}
-    recon, mu, logvar = baseline.forward_pair("pose2d", "pose3d", batch, sample=True)
+    recon, mu, logvar = baseline("pose2d", "pose3d", batch, sample=True)
     assert logvar is None
     losses = pair_loss(recon, batch["pose_3d"], mu, logvar, beta=10.0)
     assert losses["kl"].item() == 0.0
     torch.testing.assert_close(losses["total"], losses["recon"])
-    torch.testing.assert_close(baseline.forward_pair("pose2d", "pose3d", batch)[0], recon)  # no sampling
-    with pytest.raises(ValueError, match="deterministic"):
-        baseline.lift(batch["pose_2d"], num_samples=3)
+    torch.testing.assert_close(baseline("pose2d", "pose3d", batch)[0], recon)  # no sampling
+    mean, samples = baseline.lift("pose2d", batch["pose_2d"], hypotheses=3)  # one answer, repeated
+    torch.testing.assert_close(samples, mean[:, None].expand_as(samples))
 
 
 def test_tiny_lifting_vae_overfits_a_batch():
@@ -127,7 +129,7 @@ def test_tiny_lifting_vae_overfits_a_batch():
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(200):
-        recon, mu, logvar = model.forward_pair("pose2d", "pose3d", batch)
+        recon, mu, logvar = model("pose2d", "pose3d", batch)
         total = pair_loss(recon, batch["pose_3d"], mu, logvar, beta=1e-3)["total"]
         optimizer.zero_grad()
         total.backward()

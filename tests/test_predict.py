@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hpe_ray.camera import most_common_camera
 from hpe_ray.data.sample import BadSampleError
 from hpe_ray.data.stream import iter_samples, load_pose_arrays
-from hpe_ray.inference import Lifter
-from hpe_ray.lifting import most_common_camera
-from hpe_ray.keypoint_formats import HEAD_TOP_OVER_EYES, coco_to_h36m, read_keypoints
+from hpe_ray.inference import Lifter, predict_file
+from hpe_ray.inference.formats import HEAD_TOP_OVER_EYES, coco_to_h36m, read_keypoints
 from hpe_ray.metrics import mpjpe
 from hpe_ray.normalization import root_relative
-from hpe_ray.predict import predict_file
 
 from conftest import train_tiny_checkpoint, write_tiny_dataset
 

@@ -13,7 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from hpe_ray.config import Config
 from hpe_ray.report import param_importances, plot_best_trial, plot_curves, plot_importance, rebuilt_study
-from hpe_ray.tune import TrialRecord, leaderboard
+from hpe_ray.search.results import TrialRecord, leaderboard
 
 DISTRIBUTIONS = {"model.latent_dim": CategoricalDistribution([16, 32, 64]),
                  "train.lr": FloatDistribution(1e-4, 1e-2, log=True),

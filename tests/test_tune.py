@@ -19,20 +19,9 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpe_ray.config import Config, ConfigError, load_config
-from hpe_ray.tune import (
-    SearchSettings,
-    TrialRecord,
-    best_checkpoint,
-    edge_points,
-    leaderboard,
-    load_space,
-    markdown_table,
-    max_concurrent_trials,
-    parse_distribution,
-    space_resources,
-    trial_config,
-    trial_resources,
-)
+from hpe_ray.search.results import TrialRecord, best_checkpoint, leaderboard, markdown_table
+from hpe_ray.search.space import SearchSettings, edge_points, load_space, parse_distribution, trial_config
+from hpe_ray.search.tune import max_concurrent_trials, space_resources, trial_resources
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpe_ray import viz
+from hpe_ray import figures, plotting
 
 
 def _assert_drawn(path: Path, size_px: tuple[int, int] | None = None) -> None:
@@ -36,21 +36,21 @@ def _poses(count: int, seed: int = 0) -> np.ndarray:
 
 def test_camera_to_display_puts_height_up_and_depth_away():
     # Camera: x right, y down, z forward -> display: x, depth (z), up (-y).
-    np.testing.assert_array_equal(viz.camera_to_display(np.array([1.0, 2.0, 3.0])), [1.0, 3.0, -2.0])
+    np.testing.assert_array_equal(plotting.camera_to_display(np.array([1.0, 2.0, 3.0])), [1.0, 3.0, -2.0])
 
 
 def test_umap_neighbors_are_clipped_to_the_points_and_deduplicated():
-    assert viz.umap_neighbors((5, 15, 50, 200), 30) == [5, 15, 29]
-    assert viz.umap_neighbors((5, 15), 1000) == [5, 15]
-    assert viz.umap_neighbors((1,), 10) == [2]  # UMAP needs at least 2 neighbours
+    assert plotting.umap_neighbors((5, 15, 50, 200), 30) == [5, 15, 29]
+    assert plotting.umap_neighbors((5, 15), 1000) == [5, 15]
+    assert plotting.umap_neighbors((1,), 10) == [2]  # UMAP needs at least 2 neighbours
 
 
 def test_pick_samples_shows_every_action_before_repeating_one():
     actions = np.array(["Walking"] * 10 + ["Sitting"] * 3 + ["Eating"] * 1)
-    chosen = viz.pick_samples(actions, 5, seed=1)
+    chosen = figures.pick_samples(actions, 5, seed=1)
     assert sorted(actions[chosen].tolist()) == ["Eating", "Sitting", "Sitting", "Walking", "Walking"]
     assert len(set(chosen.tolist())) == 5
-    assert len(viz.pick_samples(actions, 100)) == 14  # never more than there are
+    assert len(figures.pick_samples(actions, 100)) == 14  # never more than there are
 
 
 def test_error_tables_hand_values():
@@ -58,7 +58,7 @@ def test_error_tables_hand_values():
     pred = gt.copy()
     pred[:, 5, 0] += 34.0  # left knee 34 mm off in every sample
     pred[2] *= 2.0        # sample 2 is twice as big: PA-MPJPE removes scale
-    per_joint_mm, tables = viz.error_tables(pred, gt, ["Walking", "Walking", "Sitting"])
+    per_joint_mm, tables = plotting.error_tables(pred, gt, ["Walking", "Walking", "Sitting"])
     assert per_joint_mm[5] == pytest.approx(np.mean([34.0, 34.0, np.linalg.norm(2 * gt[2, 5] + [68, 0, 0] - gt[2, 5])]))
     assert per_joint_mm[0] == 0.0
     assert tables["MPJPE (P1)"]["Walking"] == pytest.approx(2.0)  # 34 mm on one joint of 17
@@ -69,20 +69,21 @@ def test_error_tables_hand_values():
 
 def test_predictions_plot_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"\(N, 17, 3\)"):
-        viz.predictions_plot(_poses(2), _poses(3))
+        plotting.predictions_plot(_poses(2), _poses(3))
     with pytest.raises(ValueError, match="hypotheses_mm"):
-        viz.predictions_plot(_poses(2), _poses(2), hypotheses_mm=np.zeros((2, 17, 3)))
+        plotting.predictions_plot(_poses(2), _poses(2), hypotheses_mm=np.zeros((2, 17, 3)))
 
 
 def test_save_figure_writes_png_and_pdf_for_a_stem(tmp_path):
-    paths = viz.plot_predictions(_poses(2), _poses(2, seed=1), tmp_path / "figs" / "preds.v1")
+    paths = plotting.plot_predictions(_poses(2), _poses(2, seed=1), tmp_path / "figs" / "preds.v1")
     assert [p.name for p in paths] == ["preds.v1.png", "preds.v1.pdf"]
     assert paths[1].read_bytes().startswith(b"%PDF")
     _assert_drawn(paths[0])
 
 
 def test_render_predictions_image_is_an_rgb_array_for_tensorboard():
-    image = viz.render_predictions_image(_poses(3), _poses(3, seed=1), hypotheses_mm=_poses(6).reshape(3, 2, 17, 3))
+    image = plotting.render_predictions_image(_poses(3), _poses(3, seed=1),
+                                              hypotheses_mm=_poses(6).reshape(3, 2, 17, 3))
     # 3 panels in one row of 4 columns at most: (2.7 * 3 + 1.1) x (2.7 + 0.7) inches at 72 dpi.
     assert image.dtype == np.uint8 and image.shape == (244, 662, 3)  # 244.8 px, truncated by Agg
     assert image.std() > 15.0
@@ -92,8 +93,8 @@ def test_render_predictions_image_is_an_rgb_array_for_tensorboard():
 
 @pytest.mark.slow
 def test_predictions_figure_from_a_checkpoint(tiny_checkpoint, tiny_dataset, tmp_path):
-    paths = viz.predictions_figure(tiny_checkpoint, tiny_dataset, split="test", n=6, hypotheses=3,
-                                   out=tmp_path / "predictions")
+    paths = figures.predictions_figure(tiny_checkpoint, tiny_dataset, split="test", n=6, hypotheses=3,
+                                       out=tmp_path / "predictions")
     assert [p.suffix for p in paths] == [".png", ".pdf"]
     # 6 panels: 5 columns, 2 rows -> (2.7 * 5 + 1.1) x (2.7 * 2 + 0.7) inches at 110 dpi.
     _assert_drawn(paths[0], (1606, 671))
@@ -101,14 +102,14 @@ def test_predictions_figure_from_a_checkpoint(tiny_checkpoint, tiny_dataset, tmp
 
 @pytest.mark.slow
 def test_errors_figure_from_a_checkpoint(tiny_checkpoint, tiny_dataset, tmp_path):
-    paths = viz.errors_figure(tiny_checkpoint, tiny_dataset, split="val", out=tmp_path / "errors.png")
+    paths = figures.errors_figure(tiny_checkpoint, tiny_dataset, split="val", out=tmp_path / "errors.png")
     assert paths == [tmp_path / "errors.png"]
     _assert_drawn(paths[0])
 
 
 @pytest.mark.slow
 def test_latent_figure_from_a_checkpoint(tiny_checkpoint, tiny_dataset, tmp_path):
-    paths = viz.latent_figure(tiny_checkpoint, tiny_dataset, split="test", n_neighbors=(5, 500),
-                              max_points=40, out=tmp_path / "latent.png")
+    paths = figures.latent_figure(tiny_checkpoint, tiny_dataset, split="test", n_neighbors=(5, 500),
+                                  max_points=40, out=tmp_path / "latent.png")
     # Two panels: 500 neighbours is clipped to 39 (40 points, one encoder).
     _assert_drawn(paths[0], (round((4.6 * 2 + 2.2) * 110), round(4.9 * 110)))

@@ -38,6 +38,7 @@ from hpe_ray.camera import (H36M_CAMERA_IDS, H36M_INTRINSICS, Extrinsics, Intrin
 from hpe_ray.data.render import crop_box_around, render_person
 from hpe_ray.data.sample import BadSampleError, PoseSample, make_key
 from hpe_ray.data.synthetic import H36M_LIKE_POSITIONS_MM, virtual_cameras_seeing
+from hpe_ray.rotation import axis_rotation
 from hpe_ray.skeleton import NUM_JOINTS
 
 log = logging.getLogger(__name__)
@@ -217,21 +218,11 @@ def _header_value(lines: Sequence[str], index: int, label: str, origin: str) -> 
         raise BadSampleError(f"{origin}:{index + 1}: {label} needs a number, got {line[:40]!r}") from None
 
 
-def axis_rotation(axis: str, angle_deg: np.ndarray) -> np.ndarray:
-    """Right-handed rotation (..., 3, 3) about "X", "Y" or "Z" by angle_deg (...)."""
-    angle = np.radians(angle_deg)
-    c, s, one, zero = np.cos(angle), np.sin(angle), np.ones_like(angle), np.zeros_like(angle)
-    rows = {"X": ((one, zero, zero), (zero, c, -s), (zero, s, c)),
-            "Y": ((c, zero, s), (zero, one, zero), (-s, zero, c)),
-            "Z": ((c, -s, zero), (s, c, zero), (zero, zero, one))}[axis]
-    return np.stack([np.stack(row, axis=-1) for row in rows], axis=-2)
-
-
 def euler_to_matrix(angles_deg: np.ndarray, axes: str) -> np.ndarray:
     """R = R_axes[0](a0) R_axes[1](a1) ... (..., 3, 3) from angles (..., len(axes)) in degrees."""
     rotation = np.broadcast_to(np.eye(3), angles_deg.shape[:-1] + (3, 3))
     for k, axis in enumerate(axes):
-        rotation = rotation @ axis_rotation(axis, angles_deg[..., k])
+        rotation = rotation @ axis_rotation(axis, np.radians(angles_deg[..., k]))
     return rotation
 
 

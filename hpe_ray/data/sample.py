@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -62,3 +62,37 @@ class PoseSample:
             img = np.asarray(self.image)
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
                 raise BadSampleError(f"{where}: image must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
+
+
+@dataclass(frozen=True, eq=False)
+class PoseArrays:
+    """One split's poses. keypoints_2d_px (N, 17, 2) f32; pose_3d_cam_mm (N, 17, 3) f32 camera mm,
+    root kept; intrinsics (N, 9) f32 (see Intrinsics.as_vector); key, subject, action,
+    camera_id (N,) str; frame (N,) int64."""
+
+    key: np.ndarray
+    keypoints_2d_px: np.ndarray
+    pose_3d_cam_mm: np.ndarray
+    intrinsics: np.ndarray
+    subject: np.ndarray
+    action: np.ndarray
+    camera_id: np.ndarray
+    frame: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    @classmethod
+    def from_samples(cls, samples: list[PoseSample]) -> PoseArrays:
+        return cls(
+            key=np.array([s.key for s in samples]),
+            keypoints_2d_px=np.stack([s.keypoints_2d_px for s in samples]).astype(np.float32),
+            pose_3d_cam_mm=np.stack([s.pose_3d_cam_mm for s in samples]).astype(np.float32),
+            intrinsics=np.stack([s.intrinsics.as_vector() for s in samples]),
+            subject=np.array([s.subject for s in samples]), action=np.array([s.action for s in samples]),
+            camera_id=np.array([s.camera_id for s in samples]),
+            frame=np.array([s.frame for s in samples], dtype=np.int64))
+
+    @classmethod
+    def concatenate(cls, parts: list[PoseArrays]) -> PoseArrays:
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})

@@ -310,7 +310,7 @@ class _PoseRows:
 
 
     def columns(self) -> dict[str, np.ndarray]:
-        """The fields of `stream.PoseArrays`, as plain (unicode, never object) arrays."""
+        """The fields of `sample.PoseArrays`, as plain (unicode, never object) arrays."""
         keypoints_2d_px, pose_3d_cam_mm, intrinsics = self.arrays()
         labels = {name: np.array(values, dtype=np.int64 if name == "frame" else str)
                   for name, values in self._labels.items()}

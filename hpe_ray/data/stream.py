@@ -25,7 +25,7 @@ import json
 import math
 import os
 import tarfile
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Iterator
 
@@ -35,9 +35,10 @@ import webdataset as wds
 from PIL import Image
 
 from hpe_ray.camera import Intrinsics
-from hpe_ray.data.sample import BadSampleError, PoseSample
+from hpe_ray.data.batch import images_to_model_range, pose_batch
+from hpe_ray.data.sample import BadSampleError, PoseArrays, PoseSample
 from hpe_ray.data.shards import IMAGE_FIELD, POSE_FIELDS, STATS_FILE, SkipLog, load_manifest
-from hpe_ray.normalization import NormStats, normalize_2d, normalize_3d, root_relative
+from hpe_ray.normalization import NormStats
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
 
 _POSES_ONLY = frozenset(POSE_FIELDS)
@@ -58,40 +59,6 @@ def load_stats(data_dir: str | os.PathLike, mode_2d: str = "camera") -> NormStat
     if mode_2d not in record:
         raise ValueError(f"{path}: no stats for mode_2d={mode_2d!r}")
     return NormStats.from_dict(record[mode_2d])
-
-
-@dataclass(frozen=True, eq=False)
-class PoseArrays:
-    """One split's poses. keypoints_2d_px (N, 17, 2) f32; pose_3d_cam_mm (N, 17, 3) f32 camera mm,
-    root kept; intrinsics (N, 9) f32 (see Intrinsics.as_vector); key, subject, action,
-    camera_id (N,) str; frame (N,) int64."""
-
-    key: np.ndarray
-    keypoints_2d_px: np.ndarray
-    pose_3d_cam_mm: np.ndarray
-    intrinsics: np.ndarray
-    subject: np.ndarray
-    action: np.ndarray
-    camera_id: np.ndarray
-    frame: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.key)
-
-    @classmethod
-    def from_samples(cls, samples: list[PoseSample]) -> PoseArrays:
-        return cls(
-            key=np.array([s.key for s in samples]),
-            keypoints_2d_px=np.stack([s.keypoints_2d_px for s in samples]).astype(np.float32),
-            pose_3d_cam_mm=np.stack([s.pose_3d_cam_mm for s in samples]).astype(np.float32),
-            intrinsics=np.stack([s.intrinsics.as_vector() for s in samples]),
-            subject=np.array([s.subject for s in samples]), action=np.array([s.action for s in samples]),
-            camera_id=np.array([s.camera_id for s in samples]),
-            frame=np.array([s.frame for s in samples], dtype=np.int64))
-
-    @classmethod
-    def concatenate(cls, parts: list[PoseArrays]) -> PoseArrays:
-        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
 
 # ---------------------------------------------------------------- one record
@@ -424,23 +391,12 @@ def _rank_share(raw_samples: Iterator[dict], first_index: dict[str, int], rank: 
 
 
 def collate_batch(samples: list[PoseSample], stats: NormStats) -> dict:
-    """Batch dict of torch tensors (B = len(samples)):
-
-    "pose_2d" (B, 16, 2) and "pose_3d" (B, 16, 3) normalised with `stats`; "pose_3d_cam_mm"
-    (B, 17, 3) root-relative mm; "keypoints_2d_px" (B, 17, 2); "intrinsics" (B, 9); "image"
-    (B, 3, H, W) float in [-1, 1] when the samples have images; "key", "subject", "action" lists.
-    """
+    """`pose_batch` of the samples (B = len(samples)) as torch tensors, plus "image" (B, 3, H, W)
+    in [-1, 1] when the samples have images and "key", "subject", "action" lists."""
     arrays = PoseArrays.from_samples(samples)
-    focal_px, center_px = arrays.intrinsics[:, 0:2], arrays.intrinsics[:, 2:4]
-    batch = {name: torch.from_numpy(np.asarray(value, dtype=np.float32)) for name, value in {
-        "pose_2d": normalize_2d(arrays.keypoints_2d_px, focal_px, center_px, stats),
-        "pose_3d": normalize_3d(arrays.pose_3d_cam_mm, stats),
-        "pose_3d_cam_mm": root_relative(arrays.pose_3d_cam_mm),
-        "keypoints_2d_px": arrays.keypoints_2d_px,
-        "intrinsics": arrays.intrinsics,
-    }.items()}
+    batch = pose_batch(*(torch.from_numpy(a) for a in (arrays.keypoints_2d_px, arrays.pose_3d_cam_mm,
+                                                        arrays.intrinsics)), stats)
     if samples[0].image is not None:
-        images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2)
-        batch["image"] = images.float() / 127.5 - 1.0
+        batch["image"] = images_to_model_range(torch.from_numpy(np.stack([s.image for s in samples])))
     batch.update(key=arrays.key.tolist(), subject=arrays.subject.tolist(), action=arrays.action.tolist())
     return batch

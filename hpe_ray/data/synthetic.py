@@ -32,6 +32,7 @@ from hpe_ray.camera import (H36M_CAMERA_IDS, H36M_INTRINSICS, Extrinsics, Intrin
                             project_to_pixels, world_to_camera)
 from hpe_ray.data.render import crop_box_around, render_person
 from hpe_ray.data.sample import PoseSample, make_key
+from hpe_ray.rotation import axis_rotation
 from hpe_ray.skeleton import BONES
 
 FPS = 50  # Human3.6M's capture rate; frame numbers count at this rate
@@ -143,18 +144,6 @@ def mirror_angles(angles_deg: np.ndarray) -> np.ndarray:
     return angles_deg[..., _MIRROR_SOURCE] * _MIRROR_SIGN
 
 
-def _rotation(axis: str, angle_rad: np.ndarray) -> np.ndarray:
-    """Right-handed rotation about the x, y or z axis: (...,) radians -> (..., 3, 3)."""
-    angle_rad = np.asarray(angle_rad, dtype=np.float64)
-    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
-    matrix = np.zeros(angle_rad.shape + (3, 3))
-    matrix[..., 3 - i - j, 3 - i - j] = 1.0
-    matrix[..., i, i] = matrix[..., j, j] = np.cos(angle_rad)
-    matrix[..., i, j] = -np.sin(angle_rad)
-    matrix[..., j, i] = np.sin(angle_rad)
-    return matrix
-
-
 def _chain(*rotations: np.ndarray) -> np.ndarray:
     return functools.reduce(np.matmul, rotations)
 
@@ -163,23 +152,23 @@ def _segment_frames(angles_deg: np.ndarray) -> dict[str, np.ndarray]:
     """Orientation (..., 3, 3) of each body segment in the body frame, from (..., D) angles."""
     a = {name: np.radians(angles_deg[..., i]) for i, name in enumerate(DOFS)}
     # The trunk bends at two places, half the angle each, so the back curves.
-    trunk_half = _chain(_rotation("y", a["trunk_flex"] / 2), _rotation("x", -a["trunk_side"] / 2),
-                        _rotation("z", a["trunk_twist"] / 2))
-    pelvis = _chain(_rotation("y", a["pelvis_tilt"]), _rotation("x", -a["pelvis_list"]))
+    trunk_half = _chain(axis_rotation("y", a["trunk_flex"] / 2), axis_rotation("x", -a["trunk_side"] / 2),
+                        axis_rotation("z", a["trunk_twist"] / 2))
+    pelvis = _chain(axis_rotation("y", a["pelvis_tilt"]), axis_rotation("x", -a["pelvis_list"]))
     frames = {"pelvis": pelvis, "lower_trunk": pelvis @ trunk_half}
     frames["chest"] = frames["lower_trunk"] @ trunk_half
-    frames["head"] = _chain(frames["chest"], _rotation("y", a["neck_flex"]), _rotation("x", -a["neck_side"]),
-                            _rotation("z", a["neck_twist"]))
+    frames["head"] = _chain(frames["chest"], axis_rotation("y", a["neck_flex"]), axis_rotation("x", -a["neck_side"]),
+                            axis_rotation("z", a["neck_twist"]))
     for side, outwards in (("left", 1.0), ("right", -1.0)):
         s = side[0]
-        frames[f"{side}_thigh"] = _chain(pelvis, _rotation("y", -a[f"{s}_hip_flex"]),
-                                         _rotation("x", outwards * a[f"{s}_hip_abd"]),
-                                         _rotation("z", outwards * a[f"{s}_hip_twist"]))
-        frames[f"{side}_shin"] = frames[f"{side}_thigh"] @ _rotation("y", a[f"{s}_knee"])
-        frames[f"{side}_upper_arm"] = _chain(frames["chest"], _rotation("z", outwards * a[f"{s}_shoulder_plane"]),
-                                             _rotation("y", -a[f"{s}_shoulder_elev"]),
-                                             _rotation("z", outwards * a[f"{s}_shoulder_twist"]))
-        frames[f"{side}_forearm"] = frames[f"{side}_upper_arm"] @ _rotation("y", -a[f"{s}_elbow"])
+        frames[f"{side}_thigh"] = _chain(pelvis, axis_rotation("y", -a[f"{s}_hip_flex"]),
+                                         axis_rotation("x", outwards * a[f"{s}_hip_abd"]),
+                                         axis_rotation("z", outwards * a[f"{s}_hip_twist"]))
+        frames[f"{side}_shin"] = frames[f"{side}_thigh"] @ axis_rotation("y", a[f"{s}_knee"])
+        frames[f"{side}_upper_arm"] = _chain(frames["chest"], axis_rotation("z", outwards * a[f"{s}_shoulder_plane"]),
+                                             axis_rotation("y", -a[f"{s}_shoulder_elev"]),
+                                             axis_rotation("z", outwards * a[f"{s}_shoulder_twist"]))
+        frames[f"{side}_forearm"] = frames[f"{side}_upper_arm"] @ axis_rotation("y", -a[f"{s}_elbow"])
     return frames
 
 
@@ -205,7 +194,7 @@ def place_on_floor(pose_body_mm: np.ndarray, heading_rad: np.ndarray, position_x
                    lift_mm: np.ndarray) -> np.ndarray:
     """Body-frame poses (T, 17, 3) -> world (T, 17, 3): turned to heading_rad (T,) about z,
     moved to position_xy_mm (T, 2), lowest ankle ANKLE_HEIGHT_MM + lift_mm (T,) above the floor."""
-    turned = np.einsum("tij,tkj->tki", _rotation("z", heading_rad), pose_body_mm)
+    turned = np.einsum("tij,tkj->tki", axis_rotation("z", heading_rad), pose_body_mm)
     lowest_ankle_mm = turned[:, [3, 6], 2].min(axis=1)
     height_mm = ANKLE_HEIGHT_MM + lift_mm - lowest_ankle_mm
     return turned + np.concatenate([position_xy_mm, height_mm[:, None]], axis=1)[:, None, :]
@@ -411,7 +400,7 @@ def sequence_poses_world(action: str, bone_lengths_mm: np.ndarray, num_frames: i
     yaw = rng.uniform(0, 2 * np.pi)
     where = rng.uniform(0, 2 * np.pi)
     place_mm = np.sqrt(rng.uniform(0, 1)) * 700 * np.array([np.cos(where), np.sin(where)])  # uniform in a disc
-    turn = _rotation("z", yaw)[:2, :2]
+    turn = axis_rotation("z", yaw)[:2, :2]
     return place_on_floor(pose_body_mm, yaw + motion.heading_rad, place_mm + motion.offset_xy_mm @ turn.T,
                           motion.lift_mm)
 

@@ -12,11 +12,10 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from hpe_ray.config import DECODER_MODALITIES, ENCODER_MODALITIES
 from hpe_ray.models.decoders import ImageDecoder, PoseDecoder2D, PoseDecoder3D
 from hpe_ray.models.encoders import ImageEncoder, PoseEncoder2D
 
-ENCODER_MODALITIES = ("pose2d", "rgb")
-DECODER_MODALITIES = ("pose3d", "pose2d", "rgb")
 # Where each modality lives in a batch dict of hpe_ray.data.stream.make_loader.
 BATCH_KEY = {"pose2d": "pose_2d", "pose3d": "pose_3d", "rgb": "image"}
 
@@ -95,28 +94,18 @@ class CrossModalVAE(nn.Module):
         z = self.reparameterize(mu, logvar) if sample and logvar is not None else mu
         return self.decode(dst, z), mu, logvar
 
-    def forward_pair(self, src: str, dst: str, batch_inputs: Mapping[str, torch.Tensor],
-                     sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Same as calling the module: (recon, mu, logvar) for the pair src -> dst."""
-        return self(src, dst, batch_inputs, sample)
+    def lift(self, modality: str, inputs: torch.Tensor, hypotheses: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised 3D from one encoder: (mean (B, 16, 3), samples (B, K, 16, 3)).
 
-    def lift(self, pose_2d_norm: torch.Tensor, num_samples: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Normalised 2D (B, 16, 2) -> (mean (B, 16, 3), samples (B, K, 16, 3) or None).
-
-        The mean decodes z = mu; the K hypotheses (for best-of-K) decode z ~ N(mu, sigma) of the
-        2D-conditioned posterior. Gradients and train/eval mode are left to the caller.
+        The mean decodes the latent mean; the K hypotheses decode samples of the input-conditioned
+        posterior (a deterministic model repeats its one answer); K = 0 decodes the mean only.
+        Gradients and train/eval mode are left to the caller.
         """
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        mu, logvar = self.encode("pose2d", pose_2d_norm)
+        if hypotheses < 0:
+            raise ValueError(f"hypotheses must be >= 0, got {hypotheses}")
+        mu, logvar = self.encode(modality, inputs)
         mean = self.decode("pose3d", mu)
-        if num_samples == 0:
-            return mean, None
         if logvar is None:
-            raise ValueError("a deterministic model has no posterior to sample; use num_samples=0")
-        batch = mu.shape[0]
-        mu_k = mu.unsqueeze(1).expand(batch, num_samples, self.latent_dim)
-        logvar_k = logvar.unsqueeze(1).expand(batch, num_samples, self.latent_dim)
-        z = self.reparameterize(mu_k, logvar_k).reshape(batch * num_samples, self.latent_dim)
-        samples = self.decode("pose3d", z)
-        return mean, samples.view(batch, num_samples, *samples.shape[1:])
+            return mean, mean[:, None].expand(-1, hypotheses, -1, -1)
+        z = self.reparameterize(mu.repeat_interleave(hypotheses, 0), logvar.repeat_interleave(hypotheses, 0))
+        return mean, self.decode("pose3d", z).view(len(mu), hypotheses, *mean.shape[1:])

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from hpe_ray.config import Config, config_from_dict
-from hpe_ray.models import CrossModalVAE
+from hpe_ray.models import CrossModalVAE, build_model, unwrap_model
 from hpe_ray.normalization import NormStats
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -45,26 +45,6 @@ class LoadedCheckpoint:
     metrics: dict[str, float]
     state: dict[str, Any]
     path: Path
-
-
-def build_model(cfg: Config, *, load_pretrained: bool = True) -> CrossModalVAE:
-    """The CrossModalVAE a config describes: encoders and decoders of the configured pairs.
-
-    load_pretrained=False skips the ImageNet weights (their values are overwritten by a
-    checkpoint anyway, and the file may not exist where the checkpoint is evaluated).
-    """
-    encoders, decoders = cfg.modalities
-    m = cfg.model
-    return CrossModalVAE(
-        latent_dim=m.latent_dim, encoders=encoders, decoders=decoders, image_size=cfg.data.image_size,
-        hidden=m.hidden, blocks=m.blocks, batch_norm=m.batch_norm, dropout=m.dropout, residual=m.residual,
-        deterministic=m.deterministic, image_pretrained=m.image_pretrained if load_pretrained else None)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel (or the model itself), so state keys carry no
-    "module." prefix and a checkpoint loads into a plain model."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def save_checkpoint(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -1,6 +1,6 @@
 """`hpe-ray predict`: lift a file of 2D keypoints (or a folder of person crops) to 3D, write .npz.
 
-Inputs (see `hpe_ray.keypoint_formats`): a COCO keypoint results `.json` or an `.npz` with
+Inputs (see `hpe_ray.inference.formats`): a COCO keypoint results `.json` or an `.npz` with
 `keypoints_2d` (N, 17, 2) px and optional `focal`, `center`; and/or a folder of RGB person
 crops (.jpg/.png) for a model with an RGB encoder.
 
@@ -24,8 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from hpe_ray.data.sample import BadSampleError
-from hpe_ray.inference import LiftResult, Lifter, resize_crop
-from hpe_ray.keypoint_formats import read_keypoints
+from hpe_ray.inference.formats import read_keypoints
+from hpe_ray.inference.lifter import LiftResult, Lifter, resize_crop
 from hpe_ray.skeleton import JOINT_NAMES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")

@@ -1,12 +1,8 @@
-"""Python API for lifting: 2D keypoints (or person crops) in, root-relative 3D poses in mm out.
+"""`Lifter`: a checkpoint ready to lift 2D keypoints (or person crops) to root-relative 3D
+poses in mm, with input checks that mask unusable samples; `LiftResult`, what it returns;
+`resize_crop`, the crop resizing of the training loader; `training_camera`, the default camera.
 
-    lifter = Lifter.from_checkpoint("runs/my-run")          # a checkpoint file, directory or run
-    result = lifter.lift(keypoints_2d_px, focal_px, center_px, hypotheses=10)
-    result.poses_3d        # (N, 17, 3) camera frame, mm, pelvis at 0
-    result.hypotheses      # (N, 10, 17, 3) samples of the posterior, or None for hypotheses=1
-    result.valid           # (N,) False where the input could not be used (rows are NaN)
-
-Predictions go through `hpe_ray.lifting.predict_pose_3d_mm`, the function validation and
+Predictions go through `hpe_ray.models.predict_pose_3d_mm`, the function validation and
 `evaluate` use, so the numbers agree with the evaluation tables.
 """
 
@@ -20,10 +16,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hpe_ray.checkpoint import LoadedCheckpoint, load_checkpoint
-from hpe_ray.lifting import most_common_camera
+from hpe_ray.camera import most_common_camera
+from hpe_ray.data.batch import images_to_model_range
+from hpe_ray.models import predict_pose_3d_mm
 from hpe_ray.normalization import NormStats, normalize_2d
 from hpe_ray.skeleton import NUM_JOINTS
+from hpe_ray.training.checkpoint import LoadedCheckpoint, load_checkpoint
 
 
 @dataclass
@@ -135,8 +133,7 @@ class Lifter:
                 problems[i] = f"sample {i}: image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}"
                 continue
             crops[i], valid[i] = resize_crop(image, size), True
-        # The scaling of hpe_ray.data.stream.collate_batch: uint8 -> [-1, 1], channels first.
-        inputs = crops.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+        inputs = images_to_model_range(torch.from_numpy(crops)).numpy()
         return self._predict(inputs, "rgb", valid, problems, hypotheses, batch_size, progress, seed)
 
     def _camera(self, focal_px, center_px, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,8 +153,6 @@ class Lifter:
     def _predict(self, inputs: np.ndarray, modality: str, valid: np.ndarray, problems: dict[int, str],
                  hypotheses: int, batch_size: int, progress: bool, seed: int) -> LiftResult:
         """Run the valid rows of `inputs` through the model in batches; NaN rows for the others."""
-        from hpe_ray.lifting import predict_pose_3d_mm
-
         if hypotheses < 1:
             raise ValueError(f"hypotheses must be >= 1, got {hypotheses}")
         if batch_size < 1:
@@ -167,13 +162,14 @@ class Lifter:
         samples = np.full((count, hypotheses, NUM_JOINTS, 3), np.nan, np.float32) if hypotheses > 1 else None
         rows = np.flatnonzero(valid)
         starts = range(0, len(rows), batch_size)
-        num_samples = hypotheses if hypotheses > 1 else 0  # 0: the mean only, no sampling and decoding
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             for start in tqdm(starts, desc=f"lifting from {modality}", unit=" batches", disable=not progress):
                 batch_rows = rows[start:start + batch_size]
                 batch = torch.as_tensor(inputs[batch_rows], device=self.device)
-                mean_mm, samples_mm = predict_pose_3d_mm(self.model, batch, modality, self.stats, num_samples)
+                # K = 1 is the mean alone: no sample to draw and discard.
+                mean_mm, samples_mm = predict_pose_3d_mm(self.model, batch, modality, self.stats,
+                                                         hypotheses if hypotheses > 1 else 0)
                 poses[batch_rows] = mean_mm.cpu().numpy()
                 if samples is not None:
                     samples[batch_rows] = samples_mm.cpu().numpy()

@@ -49,7 +49,7 @@ def coco_to_h36m(keypoints_coco):
     """
     keypoints_coco = np.asarray(keypoints_coco, dtype=np.float64)
     if keypoints_coco.ndim < 2 or keypoints_coco.shape[-2] != len(COCO_JOINT_NAMES):
-        raise ValueError(f"hpe_ray.keypoint_formats.coco_to_h36m: expected (..., 17, D) COCO keypoints, "
+        raise ValueError(f"hpe_ray.inference.formats.coco_to_h36m: expected (..., 17, D) COCO keypoints, "
                          f"got shape {keypoints_coco.shape}")
     h36m = np.empty_like(keypoints_coco)
     for h36m_index, coco_index in _H36M_FROM_COCO.items():

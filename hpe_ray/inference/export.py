@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpe_ray.checkpoint import load_checkpoint
 from hpe_ray.normalization import NormStats, denormalize_3d, normalize_2d
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
+from hpe_ray.training.checkpoint import load_checkpoint
 
 FORMATS = ("torchscript", "onnx")
 FILE_NAMES = {"torchscript": "lifter.pt", "onnx": "lifter.onnx"}

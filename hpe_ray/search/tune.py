@@ -1,0 +1,232 @@
+"""Running a search: a search space as Ray Tune trials, one TorchTrainer each.
+
+Optuna proposes the values (flat dotted keys), ASHA stops weak trials early on the epoch
+they report, and each trial trains `base + sampled values` with `distributed.make_trainer`.
+The space file is read by search.space, the finished experiment by search.results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+from hpe_ray.config import Config, ConfigError
+from hpe_ray.search.results import SearchResult, summarize_search
+from hpe_ray.search.space import (ASHA_METRIC, MODE, SEARCH_INFO, SEARCH_METRIC, SPACE_COPY, SearchSettings,
+                                  SearchSpace, edge_points, load_space, max_epochs, trial_config)
+
+TRAIN_RUNS = "train_runs"
+"""The Ray Train runs of the trials, in the experiment directory."""
+
+
+# ---------------------------------------------------------------- trials and resources
+
+def trial_resources(cfg: Config, trial_cpus: float) -> dict[str, float]:
+    """What one trial holds: its own process plus its Ray Train workers."""
+    s = cfg.scaling
+    return {"CPU": trial_cpus + s.workers * s.cpus_per_worker, "GPU": s.workers * s.gpus_per_worker}
+
+
+def max_concurrent_trials(available: dict[str, float], per_trial: dict[str, float]) -> int:
+    """How many trials fit side by side; the scarcest resource decides, and at least one runs.
+
+    >>> max_concurrent_trials({"CPU": 16, "GPU": 4}, {"CPU": 3, "GPU": 1})
+    4
+    """
+    fits = [math.floor(available.get(name, 0.0) / need + 1e-9)
+            for name, need in per_trial.items() if need > 0]
+    return max(1, min(fits, default=1))
+
+
+def space_resources(space: SearchSpace) -> dict[str, float]:
+    """The largest per-trial need anywhere in the space (scaling.* may be searched)."""
+    needs = [trial_resources(space.base.with_overrides(p), space.settings.trial_cpus)
+             for p in edge_points(space.params)]
+    return {name: max(n[name] for n in needs) for name in needs[0]}
+
+
+def make_sampler(settings: SearchSettings):
+    import optuna
+
+    startup = {} if settings.startup_trials is None else {"n_startup_trials": settings.startup_trials}
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=settings.seed)
+    if settings.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=settings.seed, **startup)
+    return optuna.samplers.TPESampler(seed=settings.seed, **startup)
+
+
+def make_scheduler(settings: SearchSettings, epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if settings.scheduler == "none":
+        return FIFOScheduler()
+    # time_attr is our own epoch: Tune's training_iteration restarts when a trial is restored
+    return ASHAScheduler(time_attr="epoch", metric=ASHA_METRIC, mode=MODE, max_t=epochs,
+                         grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+
+
+def run_trial(params: dict[str, Any], *, base: dict[str, Any], data_dir: str, train_storage: str) -> None:
+    """One Tune trial: train the base config with this trial's sampled values (`params`).
+
+    The Train run is named after the trial id only, so a restored trial finds its
+    checkpoints and continues from them.
+    """
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from hpe_ray.distributed import make_trainer
+
+    cfg = trial_config(base, params, data_dir)
+    trainer = make_trainer(cfg, run_name=f"train-{ray.tune.get_context().get_trial_id()}",
+                           storage_path=train_storage, extra_callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+# ---------------------------------------------------------------- running a search
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _connect(address: str | None, dashboard_host: str) -> bool:
+    """Join the given cluster, or start a local one with the dashboard; True when started here.
+
+    When ASHA stops a trial, Train's placement-group cleaner (a worker process) frees the
+    trial's resources through the State API, that is the dashboard. A worker finds the
+    cluster by RAY_ADDRESS or RAY_API_SERVER_ADDRESS; without them it guesses, and fails as
+    soon as a second Ray instance runs on the node: the resources stay held and the next
+    trial waits forever. So every worker is told the address.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        known = address != "auto" and "://" not in address
+        ray.init(address=address, runtime_env={"env_vars": {"RAY_ADDRESS": address}} if known else None)
+        return False
+    port = _free_port()
+    url_host = "127.0.0.1" if dashboard_host in ("0.0.0.0", "::") else dashboard_host
+    ray.init(include_dashboard=True, dashboard_host=dashboard_host, dashboard_port=port,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://{url_host}:{port}"}})
+    print(f"Ray dashboard: http://{url_host}:{port}")
+    return True
+
+
+def _trainable(space: SearchSpace, data_dir: Path, experiment_dir: Path):
+    """run_trial with what every trial shares bound to it; a trial's config is its sampled values."""
+    from ray import tune
+
+    shared = tune.with_parameters(run_trial, base=space.base.model_dump(), data_dir=str(data_dir),
+                                  train_storage=str(experiment_dir / TRAIN_RUNS))
+    return tune.with_resources(shared, {"cpu": space.settings.trial_cpus})
+
+
+def _new_tuner(space: SearchSpace, data_dir: Path, experiment_dir: Path, num_samples: int):
+    import ray
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    settings = space.settings
+    per_trial = space_resources(space)
+    concurrent = (max_concurrent_trials(ray.available_resources(), per_trial)
+                  if settings.max_concurrent == "auto" else settings.max_concurrent)
+    print(f"search {experiment_dir.name}: {num_samples} trials, {settings.sampler} + {settings.scheduler}, "
+          f"{concurrent} at a time ({per_trial['CPU']:g} CPU, {per_trial['GPU']:g} GPU each)")
+    searcher = OptunaSearch(space=space.params, metric=SEARCH_METRIC, mode=MODE,
+                            points_to_evaluate=space.points_to_evaluate or None,
+                            sampler=make_sampler(settings))
+    return tune.Tuner(
+        _trainable(space, data_dir, experiment_dir),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(settings, max_epochs(space)),
+                                    num_samples=num_samples, max_concurrent_trials=concurrent,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=experiment_dir.name, storage_path=str(experiment_dir.parent),
+                                  verbose=1),
+    )
+
+
+def _check_same_space(space: SearchSpace, experiment_dir: Path) -> None:
+    stored = load_space(experiment_dir / SPACE_COPY)
+    if stored.params != space.params or stored.base != space.base:
+        raise ConfigError(f"{space.path}: differs from the space of the experiment being resumed "
+                          f"({experiment_dir / SPACE_COPY}); a search space cannot change on resume")
+
+
+def run_search(space_path: str | Path, data_dir: str | Path, *, trials: int | None = None,
+               resume: bool = False, address: str | None = None, storage: str | Path | None = None,
+               name: str | None = None, dashboard_host: str = "127.0.0.1") -> SearchResult:
+    """Run (or resume) a search and write its leaderboard, best config and best checkpoint path.
+
+    space_path: a search space YAML (see hpe_ray.search.space).
+    data_dir:   a shard directory; made absolute because trials run in their own directories.
+    trials:     number of trials (default: search_settings.num_samples). On resume the
+                original budget holds.
+    resume:     continue the experiment of this name: finished trials are kept, unfinished
+                and errored ones resume from their checkpoints, Optuna's state is restored.
+                With nothing to resume a new search starts, so a resubmitted job can always
+                pass it.
+    address:    an existing Ray cluster ("ip:port", "auto"); default: RAY_ADDRESS, else a
+                local cluster with the dashboard on `dashboard_host`.
+    storage:    parent of the experiment directory (a shared filesystem on a cluster);
+                default: the base config's run.storage. The experiment is `storage/name`,
+                name defaulting to "tune-<space file stem>".
+    """
+    import ray
+    from ray import tune
+
+    space = load_space(space_path)
+    data_dir = Path(data_dir).resolve()
+    if not (data_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"{data_dir}: no manifest.json; not a dataset directory "
+                                "(create one with `hpe-ray data synth --out DIR`)")
+    experiment_dir = Path(storage or space.base.run.storage).resolve() / (name or f"tune-{space.path.stem}")
+    can_restore = tune.Tuner.can_restore(str(experiment_dir))
+    if can_restore and not resume:
+        raise ConfigError(f"{experiment_dir}: an experiment of this name exists; "
+                          "resume it (--resume) or choose another --name")
+    if can_restore:
+        _check_same_space(space, experiment_dir)
+        info = json.loads((experiment_dir / SEARCH_INFO).read_text())
+        if trials is not None and trials != info["num_samples"]:
+            print(f"resuming with the experiment's original budget of {info['num_samples']} trials")
+    else:
+        info = {"num_samples": trials or space.settings.num_samples, "space": str(space.path.resolve())}
+    info["data_dir"] = str(data_dir)
+
+    from hpe_ray.training.data import verify_training_data
+
+    # Shards are checked once here, not by every worker of every trial.
+    verify_training_data(space.base.with_overrides({"data.dir": str(data_dir)}))
+    started = _connect(address, dashboard_host)
+    try:
+        if can_restore:
+            print(f"resuming {experiment_dir}")
+            tuner = tune.Tuner.restore(str(experiment_dir), trainable=_trainable(space, data_dir, experiment_dir),
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = _new_tuner(space, data_dir, experiment_dir, info["num_samples"])
+            experiment_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(space.path, experiment_dir / SPACE_COPY)
+        (experiment_dir / SEARCH_INFO).write_text(json.dumps(info, indent=2))
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+    result = summarize_search(experiment_dir)
+    print(result.describe())
+    return result

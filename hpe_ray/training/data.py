@@ -1,0 +1,139 @@
+"""One rank's training and validation batches.
+
+Two paths:
+- lifting (no image modality): all 2D/3D arrays live on the device; each epoch every rank takes
+  its slice of one shared permutation (equal batches per rank), a share of it seen through random
+  virtual cameras (`hpe_ray.data.augment`);
+- images: WebDataset shards streamed by `hpe_ray.data.stream.make_loader`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from hpe_ray.config import Config
+from hpe_ray.data.augment import virtual_camera_views
+from hpe_ray.data.batch import Batch, pose_batch
+from hpe_ray.data.sample import PoseArrays
+from hpe_ray.data.stream import load_manifest, load_pose_arrays, make_eval_loader, make_loader, verify_shards
+from hpe_ray.normalization import NormStats
+
+EpochBatches = Callable[[int], Iterable[Batch]]
+
+
+def rank_slice(n: int, rank: int, world_size: int, seed: int, epoch: int) -> torch.Tensor:
+    """This rank's indices (n // world_size,) of one permutation of range(n) shared by all ranks
+    (the same seed and epoch give the same permutation everywhere), so ranks never overlap and
+    all take the same number of batches."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    per_rank = n // world_size
+    return torch.randperm(n, generator=generator)[rank * per_rank:(rank + 1) * per_rank]
+
+
+def steps_per_epoch(samples_per_rank: int, batch_size: int, cap: int | None) -> int:
+    """Optimiser steps per epoch: one pass over the rank's samples (last partial batch dropped),
+    at most `cap`, at least one."""
+    return max(1, min(samples_per_rank // batch_size, cap or math.inf))
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors moved to `device`; other entries (action names) kept."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def streams_shards(cfg: Config) -> bool:
+    """Whether training streams the shards (images, or in_memory "never") instead of holding poses."""
+    return cfg.uses_images or cfg.data.in_memory == "never"
+
+
+def verify_training_data(cfg: Config) -> None:
+    """Read every tar header of the train and val splits once, before any worker starts, for runs
+    that stream them: a bad shard fails here, named. The workers' loaders then skip this full
+    read (they still check shard sizes against the manifest and name bad samples)."""
+    if streams_shards(cfg):
+        verify_shards(cfg.data.dir, ["train", "val"], on_error=cfg.data.on_error)
+
+
+def train_batches(cfg: Config, stats: NormStats, rank: int, world_size: int,
+                  device: torch.device) -> tuple[int, EpochBatches]:
+    """(steps per epoch, epoch -> this rank's batches) of the train split."""
+    if streams_shards(cfg):
+        return _streaming_train(cfg, stats, rank, world_size)
+    return _in_memory_train(cfg, stats, rank, world_size, device)
+
+
+def _in_memory_train(cfg: Config, stats: NormStats, rank: int, world_size: int,
+                     device: torch.device) -> tuple[int, EpochBatches]:
+    arrays = load_pose_arrays(cfg.data.dir, "train", on_error=cfg.data.on_error)
+    keypoints_2d_px, pose_3d_cam_mm, intrinsics = (
+        torch.as_tensor(np.asarray(a, np.float32), device=device)
+        for a in (arrays.keypoints_2d_px, arrays.pose_3d_cam_mm, arrays.intrinsics))
+    n, batch_size = len(pose_3d_cam_mm), cfg.train.batch_size
+    if n < world_size:
+        raise ValueError(f"{cfg.data.dir}: the train split has {n} samples, fewer than {world_size} workers")
+    steps = steps_per_epoch(n // world_size, batch_size, cfg.train.steps_per_epoch)
+
+    def batches(epoch: int) -> Iterator[Batch]:
+        mine = rank_slice(n, rank, world_size, cfg.train.seed, epoch).to(device)[:steps * batch_size]
+        views = (keypoints_2d_px[mine], pose_3d_cam_mm[mine], intrinsics[mine])  # indexing copies
+        if cfg.data.virtual_camera_fraction > 0:
+            generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + rank)
+            virtual = (torch.rand(len(mine), generator=generator) < cfg.data.virtual_camera_fraction).to(device)
+            for view, new_view in zip(views, virtual_camera_views(views[1][virtual], views[2][virtual], generator)):
+                view[virtual] = new_view
+        epoch_data = pose_batch(*views, stats)
+        for step in range(steps):
+            yield {k: v[step * batch_size:(step + 1) * batch_size] for k, v in epoch_data.items()}
+
+    return steps, batches
+
+
+def _streaming_train(cfg: Config, stats: NormStats, rank: int, world_size: int) -> tuple[int, EpochBatches]:
+    count = load_manifest(cfg.data.dir)["splits"]["train"]["count"]
+    steps = steps_per_epoch(count // world_size, cfg.train.batch_size, cfg.train.steps_per_epoch)
+    # One loader for the run: its persistent workers draw new shards every epoch.
+    loader = make_loader(cfg.data.dir, "train", cfg.train.batch_size, with_images=cfg.uses_images,
+                         image_size=cfg.data.image_size, stats=stats, shuffle_buffer=cfg.data.shuffle_buffer,
+                         num_workers=cfg.data.loader_workers, batches_per_epoch=steps, seed=cfg.train.seed,
+                         on_error=cfg.data.on_error, rank=rank, world_size=world_size, verify=False)
+    return steps, lambda epoch: loader
+
+
+def val_batches(cfg: Config, stats: NormStats, modality: str, rank: int, world_size: int,
+                device: torch.device) -> Callable[[], Iterable[dict]]:
+    """() -> this rank's share of the val split, capped at about train.val_max_samples overall
+    (poses: evenly spaced samples; images: the first batches in shard order)."""
+    cap = cfg.train.val_max_samples
+    if modality == "rgb":
+        loader = eval_loader(cfg, stats, "val", cfg.data.dir, rank=rank, world_size=world_size, verify=False)
+        max_batches = math.ceil(cap / (world_size * cfg.train.batch_size)) if cap else None
+        return lambda: itertools.islice(loader, max_batches)
+    arrays = load_pose_arrays(cfg.data.dir, "val", on_error=cfg.data.on_error)
+    n = len(arrays)
+    # Evenly spaced, so a cap still covers every action and subject.
+    chosen = np.linspace(0, n - 1, min(n, cap or n)).round().astype(int)[rank::world_size]
+    batches = array_batches(arrays, stats, cfg.train.batch_size, device, chosen)
+    return lambda: batches
+
+
+def array_batches(arrays: PoseArrays, stats: NormStats, batch_size: int, device: torch.device | str = "cpu",
+                  indices: np.ndarray | None = None) -> list[dict]:
+    """Batch dicts like `make_loader`'s (no images) of in-memory poses, all or `indices`, on `device`."""
+    indices = np.arange(len(arrays)) if indices is None else indices
+    data = pose_batch(*(torch.as_tensor(np.asarray(a[indices], np.float32), device=device)
+                        for a in (arrays.keypoints_2d_px, arrays.pose_3d_cam_mm, arrays.intrinsics)), stats)
+    data["action"] = arrays.action[indices].tolist()
+    return [{k: v[i:i + batch_size] for k, v in data.items()} for i in range(0, len(indices), batch_size)]
+
+
+def eval_loader(cfg: Config, stats: NormStats, split: str, data_dir: str, *, rank: int = 0,
+                world_size: int = 1, verify: bool = True) -> Iterable[dict]:
+    """Every sample of a split once over all ranks, with images; this rank's share."""
+    return make_eval_loader(data_dir, split, cfg.train.batch_size, with_images=True, image_size=cfg.data.image_size,
+                            stats=stats, num_workers=cfg.data.loader_workers, on_error=cfg.data.on_error,
+                            rank=rank, world_size=world_size, verify=verify)

@@ -1,0 +1,281 @@
+"""The training loop of one rank, plain PyTorch: model, optimiser, schedules, one epoch of
+steps, validation, and the state a checkpoint resumes from.
+
+`Trainer` is what every entry point runs: `fit` in this process (tests, benchmarks, notebooks,
+one-worker trials) and `hpe_ray.distributed` on Ray Train workers, which only wraps the model
+in DDP and reports each epoch. Metrics are summed over ranks with torch.distributed when a
+process group exists, so the same code gives the same numbers on one rank or many.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from hpe_ray.camera import most_common_camera
+from hpe_ray.config import Config, TrainConfig
+from hpe_ray.data.batch import Batch
+from hpe_ray.data.stream import load_pose_arrays, load_stats
+from hpe_ray.metrics import best_of_k, mpjpe, pa_mpjpe
+from hpe_ray.models import (BATCH_KEY, DEFAULT_RECON_KIND, build_model, make_beta_schedule, pair_loss,
+                            predict_pose_3d_mm, reprojection_loss)
+from hpe_ray.normalization import NormStats, denormalize_3d
+from hpe_ray.training.checkpoint import METRICS_FILE, RANKING_METRIC, read_checkpoint_state, save_checkpoint
+from hpe_ray.training.data import to_device, train_batches, val_batches
+from hpe_ray.training.tensorboard import EpochWriter
+
+logger = logging.getLogger(__name__)
+
+EPOCH_DIR = "checkpoint_epoch_{epoch:04d}"
+
+
+def lr_factor(train: TrainConfig, epoch: int) -> float:
+    """Multiplier of the base learning rate in a 0-based epoch: cosine decay towards zero over
+    train.epochs, step (x0.1 at 50 % and again at 75 % of the epochs), or none."""
+    if train.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / train.epochs))
+    if train.lr_schedule == "step":
+        return 0.1 ** sum(epoch >= train.epochs * share for share in (0.5, 0.75))
+    return 1.0
+
+
+def evaluation_modality(cfg: Config) -> str:
+    """The encoder validation lifts from: the 2D pose one if the model has it, else RGB."""
+    encoders, decoders = cfg.modalities
+    if "pose3d" not in decoders:
+        raise ValueError("loss.pairs: no pair decodes pose3d, so there is no 3D pose to validate")
+    return "pose2d" if "pose2d" in encoders else "rgb"
+
+
+def batch_errors(model: torch.nn.Module, batch: Batch, modality: str, stats: NormStats,
+                 hypotheses: int) -> dict[str, torch.Tensor]:
+    """Per-sample errors (B,) in mm, 17 joints, root at zero: Protocol 1 ("mpjpe") and 2
+    ("pa_mpjpe") of the mean decoding, and both as best of K hypotheses."""
+    mean_mm, samples_mm = predict_pose_3d_mm(model, batch[BATCH_KEY[modality]], modality, stats, hypotheses)
+    truth_mm = batch["pose_3d_cam_mm"].float()
+    truth_k = truth_mm[:, None].expand_as(samples_mm)
+    return {
+        "mpjpe": mpjpe(mean_mm, truth_mm),
+        "pa_mpjpe": pa_mpjpe(mean_mm, truth_mm),
+        "mpjpe_best_of_k": best_of_k(mpjpe(samples_mm, truth_k)),
+        "pa_mpjpe_best_of_k": best_of_k(pa_mpjpe(samples_mm, truth_k)),
+    }
+
+
+def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def _broadcast_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's BatchNorm running statistics on every rank. DDP syncs buffers at the start of a
+    forward pass, so after the last step each rank holds its own; validation must use the
+    checkpointed (rank 0) model everywhere."""
+    if dist.is_available() and dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, batches: Iterable[dict], modality: str, stats: NormStats,
+             hypotheses: int, device: torch.device) -> dict[str, float]:
+    """Validation errors over all ranks (sums and counts all-reduced), mm."""
+    model.eval()
+    _broadcast_buffers(model)
+    names = ("mpjpe", "pa_mpjpe", "mpjpe_best_of_k")
+    sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=device)
+    for batch in batches:
+        errors = batch_errors(model, to_device(batch, device), modality, stats, hypotheses)
+        sums[:-1] += torch.stack([errors[k].sum().double() for k in names])
+        sums[-1] += len(errors["mpjpe"])
+    _all_reduce_sum(sums)
+    count = sums[-1].item()
+    if count == 0:
+        raise ValueError("validation saw no samples")
+    return {f"val_{k}": (sums[i] / count).item() for i, k in enumerate(names)}
+
+
+def pair_losses(model: torch.nn.Module, batch: Batch, src: str, dst: str, beta: float, cfg: Config,
+                stats: NormStats) -> dict[str, torch.Tensor]:
+    """{"total", "kl"} of one encoder -> decoder pair, with the configured 3D terms."""
+    recon, mu, logvar = model(src, dst, batch)
+    kind = DEFAULT_RECON_KIND["rgb"] if dst == "rgb" else cfg.loss.pose_loss
+    losses = pair_loss(recon, batch[BATCH_KEY[dst]], mu, logvar, beta, kind)
+    without_3d_labels = dst == "pose3d" and not cfg.loss.use_3d_labels
+    total = beta * losses["kl"] if without_3d_labels else losses["total"]
+    if dst == "pose3d" and cfg.loss.reprojection_weight > 0:
+        with torch.autocast(recon.device.type, enabled=False):  # a linear solve inside: float32
+            pred_mm = denormalize_3d(recon.float(), stats)
+            total = total + cfg.loss.reprojection_weight * reprojection_loss(
+                pred_mm, batch["keypoints_2d_px"].float(), batch["intrinsics"].float())
+    return {"total": total, "kl": losses["kl"]}
+
+
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict],
+                cfg: Config, stats: NormStats, beta_at: Callable[[int], float], global_step: int,
+                device: torch.device) -> tuple[dict[str, float], int]:
+    """One epoch of optimiser steps: (train metrics summed over ranks, new global step)."""
+    model.train()
+    pairs = cfg.loss.pair_list()
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.amp and device.type == "cuda")
+    # Per pair its loss sum and step count, then the KL sum, the step count, the sample count.
+    sums = torch.zeros(2 * len(pairs) + 3, dtype=torch.float64, device=device)
+    lr, beta = optimizer.param_groups[0]["lr"], beta_at(global_step)
+    started = time.perf_counter()
+    for batch in batches:
+        batch = to_device(batch, device)
+        active = range(len(pairs)) if cfg.loss.schedule == "sum" else [global_step % len(pairs)]
+        beta = beta_at(global_step)
+        with torch.autocast(**autocast):
+            losses = {i: pair_losses(model, batch, pairs[i][0], pairs[i][1], beta, cfg, stats) for i in active}
+            total = sum(pairs[i][2] * losses[i]["total"] for i in active)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        global_step += 1
+        for i in active:
+            sums[2 * i] += losses[i]["total"].detach().double()
+            sums[2 * i + 1] += 1
+        sums[-3] += sum(losses[i]["kl"].detach().double() for i in active) / len(active)
+        sums[-2] += 1
+        sums[-1] += len(batch["pose_3d_cam_mm"])
+    train_seconds = time.perf_counter() - started
+    sums = _all_reduce_sum(sums).tolist()
+    metrics = {}
+    for i, (src, dst, _) in enumerate(pairs):
+        # NaN for a pair that got no step (alternating with fewer steps than pairs).
+        metrics[f"loss_{src}_to_{dst}"] = sums[2 * i] / sums[2 * i + 1] if sums[2 * i + 1] else math.nan
+    metrics.update(kl=sums[-3] / sums[-2], beta=float(beta), lr=lr, train_samples_per_s=sums[-1] / train_seconds)
+    return metrics, global_step
+
+
+class Trainer:
+    """One rank's run: data, model, optimiser and schedules, resumable from a checkpoint state.
+
+    state: the dict of `read_checkpoint_state` to continue from, or None. wrap_model: applied
+    to the built (and restored) model, e.g. DDP; the unwrapped model is what is checkpointed.
+    """
+
+    def __init__(self, cfg: Config, *, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                 state: dict[str, Any] | None = None,
+                 wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+        self.cfg, self.device, self.rank = cfg, torch.device(device), rank
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+        if cfg.data.in_memory == "always" and cfg.uses_images:
+            raise ValueError("data.in_memory: 'always' keeps poses only; this model uses images (rgb pairs)")
+        self.modality = evaluation_modality(cfg)
+        self.stats = NormStats.from_dict(state["stats"]) if state else load_stats(cfg.data.dir, mode_2d=cfg.data.mode_2d)
+        steps, self._train_batches = train_batches(cfg, self.stats, rank, world_size, self.device)
+        self.val_batches = val_batches(cfg, self.stats, self.modality, rank, world_size, self.device)
+
+        model = build_model(cfg).to(self.device)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda epoch: lr_factor(cfg.train, epoch))
+        self.epoch, self.global_step, self.best_mpjpe = 0, 0, math.inf
+        if state:
+            model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.epoch, self.global_step, self.best_mpjpe = (
+                state["epoch"], state["extra"]["global_step"], state["extra"]["val_mpjpe_best"])
+        self.model = wrap_model(model) if wrap_model else model
+        beta = cfg.loss.beta
+        self.beta_at = make_beta_schedule(beta.kind, beta.max, round(beta.warmup_epochs * steps), beta.cycles,
+                                          cfg.train.epochs * steps, beta.ratio)
+        # [fx, fy, cx, cy] px of the commonest training camera: what `predict` assumes for keypoints
+        # that come without intrinsics, kept in the checkpoint so inference needs no dataset.
+        self.train_camera = (np.concatenate(most_common_camera(load_pose_arrays(cfg.data.dir, "train").intrinsics))
+                             .tolist() if rank == 0 else None)
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.cfg.train.epochs
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch and validate: the metrics every rank reports ("epoch" is 1-based)."""
+        cfg = self.cfg
+        train_metrics, self.global_step = train_epoch(self.model, self.optimizer, self._train_batches(self.epoch),
+                                                      cfg, self.stats, self.beta_at, self.global_step, self.device)
+        self.scheduler.step()
+        self.epoch += 1
+        metrics = {"epoch": self.epoch, **train_metrics,
+                   **validate(self.model, self.val_batches(), self.modality, self.stats,
+                              cfg.train.eval_hypotheses, self.device)}
+        self.best_mpjpe = min(self.best_mpjpe, metrics["val_mpjpe"])
+        metrics["val_mpjpe_best"] = self.best_mpjpe
+        return metrics
+
+    def save(self, directory: str | Path, metrics: dict[str, float]) -> Path:
+        """A checkpoint of the state after the last epoch; returns the path of checkpoint.pt."""
+        return save_checkpoint(directory, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                               stats=self.stats, cfg=self.cfg, epoch=self.epoch, metrics=metrics,
+                               extra={"global_step": self.global_step, "val_mpjpe_best": self.best_mpjpe,
+                                      "train_camera": self.train_camera})
+
+
+def log_epoch(metrics: dict[str, float], epochs: int) -> None:
+    """The one progress line per epoch."""
+    losses = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("loss_") or k == "kl")
+    logger.info("epoch %d/%d %s val_mpjpe=%.1fmm val_pa_mpjpe=%.1fmm %.0f samples/s", metrics["epoch"], epochs,
+                losses, metrics["val_mpjpe"], metrics["val_pa_mpjpe"], metrics["train_samples_per_s"])
+
+
+def fit(cfg: Config, run_dir: str | Path, *, device: torch.device | str = "cpu",
+        on_epoch: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    """Train `cfg` in this process, one rank, no Ray; returns the metrics of each epoch run.
+
+    Checkpoints go to run_dir/checkpoint_epoch_NNNN (the best run.checkpoints_to_keep by
+    val_mpjpe and the latest are kept), TensorBoard events to run_dir/tensorboard. A run_dir
+    that already holds checkpoints is continued from its latest one. on_epoch(metrics) is
+    called after each epoch's checkpoint is written (e.g. to report to Ray Tune).
+    """
+    run_dir = Path(run_dir)
+    latest = _latest_checkpoint(run_dir)
+    state = read_checkpoint_state(latest, map_location=device) if latest else None
+    trainer = Trainer(cfg, device=device, state=state)
+    history = []
+    with EpochWriter(run_dir, trainer) as writer:
+        while not trainer.done:
+            metrics = trainer.run_epoch()
+            log_epoch(metrics, cfg.train.epochs)
+            writer.write(metrics)
+            trainer.save(run_dir / EPOCH_DIR.format(epoch=trainer.epoch), metrics)
+            _prune_checkpoints(run_dir, cfg.run.checkpoints_to_keep)
+            history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics)
+    return history
+
+
+def _epoch_dirs(run_dir: Path) -> list[tuple[dict, Path]]:
+    """(metrics, directory) of the complete checkpoints of a run (metrics.json is written last)."""
+    return [(json.loads(p.read_text()), p.parent) for p in sorted(run_dir.glob(f"checkpoint_epoch_*/{METRICS_FILE}"))]
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    done = _epoch_dirs(run_dir)
+    return max(done, key=lambda item: item[0]["epoch"])[1] if done else None
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the `keep` best by val_mpjpe and the latest (what a resume needs)."""
+    done = _epoch_dirs(run_dir)
+    latest = max(done, key=lambda item: item[0]["epoch"])[1]
+    ranked = sorted(done, key=lambda item: item[0].get(RANKING_METRIC, math.inf))
+    kept = {directory for _, directory in ranked[:keep]} | {latest}
+    for _, directory in done:
+        if directory not in kept:
+            shutil.rmtree(directory)
