@@ -24,11 +24,47 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AugmentConfig(_Strict):
+    """Lifting augmentation beyond virtual cameras (hpe_ray.data.augment). Each is applied to a
+    random share of the training poses every epoch; 0 turns it off."""
+
+    camera_distance_mm: tuple[float, float] = (2000.0, 8000.0)
+    camera_elevation_deg: tuple[float, float] = (-10.0, 40.0)
+    field_of_view_deg: tuple[float, float] = (25.0, 90.0)
+    """Ranges of the virtual cameras (data.virtual_camera_fraction of the poses)."""
+    bone_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    body_scale: tuple[float, float] = (0.85, 1.15)
+    bone_spread: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of poses given other bone lengths: body size in body_scale, each bone +- bone_spread."""
+    convention_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    convention_shift_mm: float = Field(50.0, ge=0.0)
+    """Share of poses whose spine, thorax, neck/nose, head top, hips and shoulders are moved by up to
+    convention_shift_mm per axis (another detector's or converter's keypoint placement), in 3D and 2D."""
+    flip: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of poses mirrored left-right."""
+    keypoint_noise: float = Field(0.0, ge=0.0, le=0.2)
+    """Max 2D noise sigma as a share of the 2D pose height (drawn per pose), like a detector's."""
+
+    @model_validator(mode="after")
+    def _ordered_ranges(self) -> "AugmentConfig":
+        for name in ("camera_distance_mm", "camera_elevation_deg", "field_of_view_deg", "body_scale"):
+            low, high = getattr(self, name)
+            if not low <= high:
+                raise ValueError(f"{name}: the first value must not exceed the second, got {(low, high)}")
+        if self.camera_distance_mm[0] <= 0 or self.body_scale[0] <= 0:
+            raise ValueError("camera_distance_mm and body_scale must be positive")
+        if not (0 < self.field_of_view_deg[0] and self.field_of_view_deg[1] < 170):
+            raise ValueError("field_of_view_deg must lie in (0, 170)")
+        return self
+
+
 class DataConfig(_Strict):
     dir: str = "data/synthetic"
-    mode_2d: Literal["camera", "pixel"] = "camera"
-    """camera: 2D in normalised image coordinates via each sample's intrinsics (transfers to
-    unseen cameras); pixel: the thesis's pixel coordinates with perspective kept."""
+    mode_2d: Literal["scaled", "camera", "pixel"] = "camera"
+    """scaled: normalised image coordinates relative to the root and divided by the pose's 2D
+    size (camera, distance and keypoint conventions matter least); camera: absolute normalised
+    image coordinates via each sample's intrinsics, z-scored; pixel: the thesis's pixel
+    coordinates with perspective kept. See hpe_ray.normalization."""
     image_size: int = Field(64, ge=32, le=512)
     shuffle_buffer: int = Field(2000, ge=0)
     loader_workers: int = Field(1, ge=0)
@@ -39,6 +75,8 @@ class DataConfig(_Strict):
     (in-memory lifting path): generalises to unseen cameras while the rest keeps the real
     training views. 0 disables the augmentation."""
     on_error: Literal["raise", "skip"] = "raise"
+    augment: "AugmentConfig" = Field(default_factory=lambda: AugmentConfig())
+    """In-memory lifting only: what else varies besides the camera (see hpe_ray.data.augment)."""
 
     @field_validator("image_size")
     @classmethod
@@ -78,6 +116,11 @@ class LossConfig(_Strict):
     reprojection_weight: float = Field(0.0, ge=0.0)
     use_3d_labels: bool = True
     """False: 3D targets are never used; train through the reprojection loss only."""
+    hypotheses: int = Field(0, ge=0, le=64)
+    """K > 0: pairs decoding pose3d reconstruct from the latent mean and add a best-of-K term over K
+    posterior samples (hypotheses_weight), so the hypotheses spread where the input is ambiguous;
+    0: the thesis's loss on one sampled latent."""
+    hypotheses_weight: float = Field(1.0, ge=0.0)
 
     @field_validator("pairs")
     @classmethod

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from hpe_ray.data.stream import load_pose_arrays
-from hpe_ray.metrics import base_action, per_action_table
+from hpe_ray.metrics import base_action, mpjpe, pa_mpjpe, per_action_table, spearman
+from hpe_ray.normalization import root_relative
 from hpe_ray.training.checkpoint import LoadedCheckpoint, load_checkpoint
 from hpe_ray.training.data import array_batches, eval_loader, to_device
 from hpe_ray.training.loop import batch_errors
@@ -44,6 +45,17 @@ class EvalResult:
     errors: dict[str, np.ndarray]
     actions: np.ndarray
     tables: dict[str, dict[str, float]]
+
+    def hypothesis_summary(self) -> dict[str, float]:
+        """Over all samples: mean hypothesis spread and bone-length spread (mm), the share of
+        joints inside the 90 % radius, and the Spearman correlation of each sample's spread with
+        its error (does the model know when it is unsure?). Empty for K = 1."""
+        if self.hypotheses < 2:
+            return {}
+        return {"spread_mm": float(self.errors["hypothesis_spread"].mean()),
+                "bone_length_spread_mm": float(self.errors["bone_length_spread"].mean()),
+                "coverage_90": float(self.errors["coverage_90"].mean()),
+                "spearman_spread_error": spearman(self.errors["hypothesis_spread"], self.errors["mpjpe"])}
 
 
 def evaluate_checkpoint(checkpoint, data_dir: str | Path, *, split: str = "test", hypotheses: int = 1,
@@ -106,7 +118,12 @@ def format_table(result: EvalResult) -> str:
     lines = [f"Evaluation of {result.checkpoint} on split {result.split!r} from {result.modality}",
              "", f"| {' | '.join(header)} |", f"|{'|'.join('---' for _ in header)}|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
-    return "\n".join([*lines, "", AVERAGING_NOTE])
+    lines += ["", AVERAGING_NOTE]
+    if summary := result.hypothesis_summary():
+        lines += ["", f"Hypotheses (K = {result.hypotheses}): spread {summary['spread_mm']:.1f} mm, bone-length "
+                      f"spread {summary['bone_length_spread_mm']:.1f} mm, {100 * summary['coverage_90']:.0f}% of "
+                      f"joints inside the 90% radius, Spearman(spread, error) {summary['spearman_spread_error']:.2f}."]
+    return "\n".join(lines)
 
 
 def write_tables(result: EvalResult, out_dir: str | Path) -> list[Path]:
@@ -119,3 +136,16 @@ def write_tables(result: EvalResult, out_dir: str | Path) -> list[Path]:
         csv.writer(f).writerows(_rows(result))
     md_path.write_text(format_table(result) + "\n")
     return [csv_path, md_path]
+
+
+def mean_pose_tables(data_dir: str | Path, split: str = "test") -> dict[str, dict[str, float]]:
+    """Protocol 1 and 2 per action, as `EvalResult.tables`, of the training split's mean
+    root-relative pose predicted for every frame of `split`: the error of a model that ignores
+    its input, the level a trained model must beat."""
+    mean_pose_mm = root_relative(load_pose_arrays(data_dir, "train").pose_3d_cam_mm.astype(np.float64)).mean(0)
+    arrays = load_pose_arrays(data_dir, split)
+    truth_mm = root_relative(arrays.pose_3d_cam_mm.astype(np.float64))  # (N, 17, 3)
+    predicted_mm = np.broadcast_to(mean_pose_mm, truth_mm.shape)
+    actions = [base_action(str(a)) for a in arrays.action]
+    return {"MPJPE (P1)": per_action_table(mpjpe(predicted_mm, truth_mm), actions),
+            "PA-MPJPE (P2)": per_action_table(pa_mpjpe(predicted_mm, truth_mm), actions)}

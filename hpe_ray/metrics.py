@@ -12,6 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from hpe_ray.backend import array_module
+from hpe_ray.skeleton import bone_lengths
 
 
 def per_joint_error(pred, gt):
@@ -70,6 +71,62 @@ def pa_mpjpe(pred, gt):
 def best_of_k(errors):
     """Multi-hypothesis error: the smallest of K errors per frame, (N, K) -> (N,)."""
     return array_module(errors).amin(errors, -1)
+
+
+# ---------------------------------------------------------------- hypotheses: spread and calibration
+# Hypotheses (..., K, J, 3) are K sampled 3D poses of one input, root-relative, mm.
+
+def hypothesis_spread(hypotheses):
+    """How far the K hypotheses scatter: mean over joints of their RMS distance from the joint's
+    centroid, (..., K, J, 3) -> (...). 0 for identical hypotheses."""
+    centred = hypotheses - hypotheses.mean(-3)[..., None, :, :]
+    return ((centred * centred).sum(-1).mean(-2) ** 0.5).mean(-1)
+
+
+def bone_length_spread(hypotheses):
+    """Std of each bone's length across the K hypotheses, averaged over the 16 bones:
+    (..., K, 17, 3) -> (...). A hypothesis set of one body has 0."""
+    lengths = bone_lengths(hypotheses)  # (..., K, 16)
+    centred = lengths - lengths.mean(-2)[..., None, :]
+    return ((centred * centred).mean(-2) ** 0.5).mean(-1)
+
+
+def radius_coverage(hypotheses, gt, level: float = 0.9):
+    """Share of joints whose true position lies within the radius around the hypotheses'
+    centroid that holds `level` of the hypotheses: (..., K, J, 3), (..., J, 3) -> (...).
+
+    The radius per joint is the ceil(level * K)-th smallest hypothesis distance from the
+    centroid; a calibrated model covers about `level` of the joints. Joints that never move
+    (the root, at zero in every hypothesis and in the truth) count as covered.
+    """
+    xp = array_module(hypotheses)
+    centroid = hypotheses.mean(-3)
+    spread = hypotheses - centroid[..., None, :, :]
+    distances = (spread * spread).sum(-1) ** 0.5  # (..., K, J)
+    k = distances.shape[-2]
+    rank = max(1, int(np.ceil(level * k))) - 1
+    radius = (xp.sort(distances, axis=-2) if xp is np else distances.sort(dim=-2).values)[..., rank, :]
+    error = per_joint_error(centroid, gt)
+    return (error <= radius + 1e-6).astype(np.float64).mean(-1) if xp is np else (error <= radius + 1e-6).double().mean(-1)
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation of two (N,) sequences (ties get their mean rank), numpy."""
+    def ranks(values) -> np.ndarray:
+        values = _to_numpy(values).astype(np.float64)
+        order = np.argsort(values, kind="stable")
+        ranked = np.empty(len(values))
+        ranked[order] = np.arange(len(values), dtype=np.float64)
+        for value in np.unique(values[np.r_[False, np.diff(values[order]) == 0]] if len(values) else []):
+            ranked[values == value] = ranked[values == value].mean()
+        return ranked
+
+    rx, ry = ranks(x), ranks(y)
+    if len(rx) != len(ry) or len(rx) < 2:
+        raise ValueError(f"spearman: need two sequences of the same length >= 2, got {len(rx)} and {len(ry)}")
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
 
 
 def per_action_table(errors, actions) -> dict[str, float]:

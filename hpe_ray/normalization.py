@@ -1,12 +1,18 @@
 """Thesis normalisation: root-centre the 3D pose, drop the root, z-score each coordinate.
 
 The root (pelvis) of a root-relative pose is always zero, so the models see 16 joints and the
-root is put back as zeros afterwards. 2D keypoints keep their absolute position (perspective
-cue) and are only z-scored, in one of two spaces (`NormStats.mode_2d`):
+root is put back as zeros afterwards. 2D keypoints enter in one of three spaces
+(`NormStats.mode_2d`):
 
-- "camera" (default): normalised image coordinates (u - c) / f from each sample's intrinsics,
-  so a model trained on one camera set lifts keypoints seen by another.
-- "pixel": the thesis set-up, full-image pixels as they are.
+- "scaled": normalised image coordinates (u - c) / f from each sample's intrinsics,
+  relative to the root and divided by the pose's own 2D size (RMS distance from the root), not
+  z-scored. Camera, distance and person size leave the input, and a keypoint placed a few
+  centimetres elsewhere (another detector's or converter's convention) moves the input by as
+  little as it moves in the image: a per-coordinate z-score would magnify it where the training
+  set barely varies (the hips beside the pelvis).
+- "camera" (the functions' default): the same normalised image coordinates, absolute (position in the frame kept as a
+  perspective cue), z-scored.
+- "pixel": the thesis set-up, full-image pixels as they are, z-scored.
 
 Statistics come from the training split only. Every function takes numpy arrays or torch
 tensors; the backend follows the type of the data argument.
@@ -22,7 +28,7 @@ from hpe_ray.backend import array_module, as_array_like
 from hpe_ray.camera import pixels_to_normalized
 from hpe_ray.skeleton import NUM_JOINTS, ROOT
 
-MODES_2D = ("camera", "pixel")
+MODES_2D = ("scaled", "camera", "pixel")
 # Lower bound on a std: a coordinate that never varies in training (e.g. synthetic data
 # with a fixed joint) would otherwise divide by zero.
 STD_EPSILON = 1e-6
@@ -87,7 +93,7 @@ class NormStats:
 
 
 def compute_stats(keypoints_2d_px, pose_3d_cam_mm, focal_px, center_px, mode_2d: str = "camera") -> NormStats:
-    """Statistics of the training split.
+    """Statistics of the training split ("scaled" 2D is not z-scored: mean 0, std 1).
 
     keypoints_2d_px (N, 17, 2); pose_3d_cam_mm (N, 17, 3); focal_px, center_px (N, 2) or (2,).
     """
@@ -98,8 +104,11 @@ def compute_stats(keypoints_2d_px, pose_3d_cam_mm, focal_px, center_px, mode_2d:
     if len(keypoints_2d_px) == 0 or len(keypoints_2d_px) != len(pose_3d_cam_mm):
         raise ValueError("hpe_ray.normalization.compute_stats: need the same non-zero number of 2D and 3D "
                          f"poses, got {len(keypoints_2d_px)} and {len(pose_3d_cam_mm)}")
-    features_2d = _features_2d(keypoints_2d_px, focal_px, center_px, mode_2d)
     features_3d = drop_root(root_relative(pose_3d_cam_mm))
+    if mode_2d == "scaled":
+        return NormStats(np.zeros((NUM_JOINTS - 1, 2)), np.ones((NUM_JOINTS - 1, 2)), features_3d.mean(0),
+                         np.maximum(features_3d.std(0), STD_EPSILON), "scaled")
+    features_2d = _features_2d(keypoints_2d_px, focal_px, center_px, mode_2d)
     return NormStats(
         mean_2d=features_2d.mean(0), std_2d=np.maximum(features_2d.std(0), STD_EPSILON),
         mean_3d=features_3d.mean(0), std_3d=np.maximum(features_3d.std(0), STD_EPSILON),
@@ -124,10 +133,25 @@ def denormalize_3d(x, stats: NormStats):
     return add_root(x * as_array_like(stats.std_3d, x) + as_array_like(stats.mean_3d, x))
 
 
+def without_2d_scores(stats: NormStats) -> NormStats:
+    """The "scaled" mode's stats from any mode's: the same 3D stats, 2D mean 0 and std 1."""
+    return NormStats(np.zeros_like(stats.mean_2d), np.ones_like(stats.std_2d), stats.mean_3d, stats.std_3d, "scaled")
+
+
+def scale_2d(keypoints_2d):
+    """(..., 17, 2) -> (..., 17, 2) relative to the root, divided by the RMS distance of the
+    joints from the root (a pose's 2D size, whatever the camera distance or focal length)."""
+    relative = keypoints_2d - keypoints_2d[..., ROOT:ROOT + 1, :]
+    size = ((relative * relative).sum(-1).mean(-1) ** 0.5)[..., None, None]
+    return relative / (size + 1e-9)
+
+
 def _features_2d(keypoints_2d_px, focal_px, center_px, mode_2d: str):
     """(..., 17, 2) px -> (..., 16, 2) in the space of `mode_2d`, before z-scoring."""
-    if mode_2d == "camera":
+    if mode_2d in ("camera", "scaled"):
         keypoints_2d_px = pixels_to_normalized(keypoints_2d_px, focal_px, center_px)
+    if mode_2d == "scaled":
+        keypoints_2d_px = scale_2d(keypoints_2d_px)
     return drop_root(keypoints_2d_px)
 
 

@@ -99,3 +99,46 @@ def test_numpy_and_torch_agree(metric):
 def test_mismatched_shapes_are_rejected():
     with pytest.raises(ValueError, match="per_joint_error"):
         metrics.mpjpe(np.zeros((17, 3)), np.zeros((16, 3)))
+
+
+# ---------------------------------------------------------------- hypotheses
+
+
+def test_hypothesis_spread_hand_value():
+    hypotheses = np.zeros((2, 17, 3))
+    hypotheses[1, :, 0] = 2.0  # every joint: one hypothesis at 0, one at 2 mm: 1 mm from the centroid
+    assert metrics.hypothesis_spread(hypotheses) == pytest.approx(1.0)
+    assert metrics.hypothesis_spread(np.zeros((5, 17, 3))) == 0.0
+
+
+def test_bone_length_spread_hand_value():
+    hypotheses = np.zeros((2, 17, 3))
+    leg = np.array([[0.0, 0, 0], [0, 400, 0], [0, 800, 0]])  # right hip, knee, ankle
+    hypotheses[0, 1:4] = leg + [100.0, 0, 0]  # bone 0 (pelvis -> right hip): 100 mm, then 300 mm;
+    hypotheses[1, 1:4] = leg + [300.0, 0, 0]  # the leg moves along, its bones keep their lengths
+    # Bone 0: std of (100, 300) = 100; every other bone the same in both: mean over 16 bones.
+    assert metrics.bone_length_spread(hypotheses) == pytest.approx(100.0 / 16)
+    torch_value = metrics.bone_length_spread(torch.tensor(hypotheses))
+    assert float(torch_value) == pytest.approx(100.0 / 16)
+
+
+def test_radius_coverage_hand_values():
+    # Ten hypotheses in +-pairs at 1..5 mm from a centroid at 0: the 90 % radius is 5 mm.
+    offsets = np.array([d * s for d in range(1, 6) for s in (1, -1)], dtype=float)
+    hypotheses = np.zeros((10, 17, 3))
+    hypotheses[:, 1:, 0] = offsets[:, None]
+    truth = np.zeros((17, 3))
+    truth[1:9, 1] = 4.9   # 8 of the 16 moving joints inside, 8 outside; the root always inside
+    truth[9:, 1] = 5.1
+    assert metrics.radius_coverage(hypotheses, truth, 0.9) == pytest.approx(9 / 17)
+    torch_value = metrics.radius_coverage(torch.tensor(hypotheses), torch.tensor(truth), 0.9)
+    assert float(torch_value) == pytest.approx(9 / 17)
+
+
+def test_spearman_hand_values():
+    assert metrics.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert metrics.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ties take their mean rank: ranks (0.5, 0.5, 2, 3) against (0, 1, 2, 3) give 3 / sqrt(10).
+    assert metrics.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / np.sqrt(10))
+    with pytest.raises(ValueError, match="same length"):
+        metrics.spearman([1, 2], [1, 2, 3])

@@ -13,6 +13,7 @@ from hpe_ray.models import (
     CrossModalVAE,
     ImageDecoder,
     ImageEncoder,
+    best_of_k_loss,
     estimate_root_translation,
     kl_divergence,
     make_beta_schedule,
@@ -293,3 +294,26 @@ def test_a_file_that_is_not_a_resnet18_is_named(tmp_path):
     with pytest.raises(ValueError, match="other.pth"):
         ImageEncoder(latent_dim=8, pretrained_weights=str(path))
 
+
+
+def test_best_of_k_loss_hand_values():
+    target = torch.zeros(2, 2)
+    hypotheses = torch.tensor([[[1.0, 1.0], [0.5, 0.5]],    # sample 0: MSE 1 and 0.25 -> 0.25
+                               [[0.0, 2.0], [3.0, 0.0]]])   # sample 1: MSE 2 and 4.5 -> 2
+    assert best_of_k_loss(hypotheses, target).item() == pytest.approx((0.25 + 2.0) / 2)
+    assert best_of_k_loss(hypotheses, target, "l1").item() == pytest.approx((0.5 + 1.0) / 2)
+    with pytest.raises(ValueError, match="do not match"):
+        best_of_k_loss(hypotheses, torch.zeros(2, 3))
+
+
+def test_forward_with_hypotheses_decodes_the_mean_first_then_k_samples():
+    torch.manual_seed(0)
+    model = small_model().eval()
+    batch = {"pose_2d": torch.randn(3, 16, 2)}
+    with torch.no_grad():
+        recon, mu, _ = model("pose2d", "pose3d", batch, hypotheses=4)
+        assert recon.shape == (3, 5, 16, 3)
+        torch.testing.assert_close(recon[:, 0], model.decode("pose3d", mu))
+        assert not torch.allclose(recon[:, 1], recon[:, 2])
+        baseline = small_model(deterministic=True).eval()
+        assert baseline("pose2d", "pose3d", batch, hypotheses=4)[0].shape == (3, 16, 3)  # no posterior: one answer

@@ -56,7 +56,7 @@ def test_constant_coordinate_gets_epsilon_std():
     assert np.all(np.isfinite(normalization.normalize_2d(keypoints, np.full(2, 1000.0), np.full(2, 500.0), stats)))
 
 
-@pytest.mark.parametrize("mode_2d", ["camera", "pixel"])
+@pytest.mark.parametrize("mode_2d", ["scaled", "camera", "pixel"])
 def test_stats_json_round_trip(mode_2d):
     stats, _, _ = _stats(mode_2d)
     back = NormStats.from_dict(json.loads(json.dumps(stats.to_dict())))
@@ -113,3 +113,33 @@ def test_normalize_2d_torch_per_sample_intrinsics_matches_numpy():
     got = normalization.normalize_2d(torch.tensor(keypoints), vectors_torch[:, :2], vectors_torch[:, 2:4], stats)
     assert got.dtype == torch.float64
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
+
+
+def test_scaled_mode_hand_values():
+    """Root at the principal point, two joints: the input is the root-relative normalised
+    coordinate divided by the RMS distance from the root over all 17 joints."""
+    keypoints = np.zeros((17, 2))
+    keypoints[:] = [500.0, 500.0]          # every joint on the root ...
+    keypoints[1] = [500.0 + 170.0, 500.0]  # ... but joint 1, 170 px right (0.17 normalised at f = 1000)
+    stats = NormStats(np.zeros((16, 2)), np.ones((16, 2)), np.zeros((16, 3)), np.ones((16, 3)), "scaled")
+    features = normalization.normalize_2d(keypoints, np.array([1000.0, 1000.0]), np.array([500.0, 500.0]), stats)
+    # RMS over 17 joints: sqrt(0.17^2 / 17); joint 1 becomes 0.17 / that = sqrt(17).
+    np.testing.assert_allclose(features[0], [np.sqrt(17), 0.0], atol=1e-9)
+    np.testing.assert_allclose(features[1:], 0.0, atol=1e-12)
+
+
+def test_scaled_mode_ignores_camera_distance_focal_length_and_position():
+    stats, poses, _ = _stats("scaled")
+    np.testing.assert_array_equal(stats.mean_2d, 0.0)
+    np.testing.assert_array_equal(stats.std_2d, 1.0)
+    wide = Intrinsics(np.array([900.0, 905.0]), np.array([480.0, 520.0]), np.zeros(3), np.zeros(2), (960, 1040))
+    tele = Intrinsics(np.array([1800.0, 1790.0]), np.array([640.0, 360.0]), np.zeros(3), np.zeros(2), (1280, 720))
+    near = normalization.normalize_2d(camera.project_to_pixels(poses, wide), wide.focal_px, wide.center_px, stats)
+    # Twice as far through a lens twice as long: the same image up to a shift, the same input.
+    far = poses.copy()
+    far[..., 2] *= 2
+    far = normalization.normalize_2d(camera.project_to_pixels(far, tele), tele.focal_px, tele.center_px, stats)
+    np.testing.assert_allclose(near, far, atol=1e-9)
+    shifted = normalization.normalize_2d(camera.project_to_pixels(poses, wide) + [40.0, -25.0], wide.focal_px,
+                                         wide.center_px, stats)
+    np.testing.assert_allclose(shifted, near, atol=1e-9)

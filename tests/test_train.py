@@ -12,7 +12,6 @@ import torch
 
 from hpe_ray.camera import most_common_camera, project_to_pixels
 from hpe_ray.config import Config, absolute_paths
-from hpe_ray.data.augment import virtual_camera_views
 from hpe_ray.data.batch import pose_batch
 from hpe_ray.models import build_model, predict_pose_3d_mm
 from hpe_ray.normalization import NormStats, normalize_2d, normalize_3d
@@ -48,25 +47,6 @@ def test_rotation_about_axis_hand_values():
     assert torch.allclose(rotation[0] @ torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
     assert torch.allclose(rotation[1] @ torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, -1.0, 0.0]), atol=1e-6)
     assert torch.allclose(rotation @ rotation.transpose(1, 2), torch.eye(3).expand(2, 3, 3), atol=1e-6)
-
-
-def test_virtual_camera_views_is_a_rigid_motion_seen_by_a_consistent_camera():
-    poses = _poses(64)
-    intrinsics = torch.tensor(H36M_INTRINSICS_VECTOR).expand(64, 9).clone()
-    keypoints_px, poses_new, intrinsics_new = virtual_camera_views(poses, intrinsics, torch.Generator().manual_seed(1))
-    # Rigid: every distance between joints is kept.
-    assert torch.allclose(torch.cdist(poses_new, poses_new), torch.cdist(poses, poses), atol=1e-2)
-    assert (poses_new[..., 2] > 0).all()
-    # The 2D keypoints are the projection of the new 3D pose through the new camera.
-    assert torch.allclose(keypoints_px, project_to_pixels(poses_new, intrinsics_new), atol=1e-3)
-    # The root stays on its viewing ray; only focal lengths change, within the configured range.
-    ray_old = poses[:, 0, :2] / poses[:, 0, 2:]
-    ray_new = poses_new[:, 0, :2] / poses_new[:, 0, 2:]
-    assert torch.allclose(ray_old, ray_new, atol=1e-5)
-    scale = intrinsics_new[:, 0] / intrinsics[:, 0]
-    assert ((scale >= 0.9) & (scale <= 1.1)).all() and torch.allclose(intrinsics_new[:, 2:], intrinsics[:, 2:])
-    # Views really differ from the input (the turn about the vertical axis is up to 180 degrees).
-    assert (poses_new - poses_new[:, :1] - (poses - poses[:, :1])).abs().amax() > 100
 
 
 def test_rank_slices_partition_one_permutation_per_epoch():

@@ -1,53 +1,193 @@
-"""Training-time augmentation of poses on the device (torch): what lets a lifter work on views
-it never saw."""
+"""Training-time augmentation of poses on the device (torch): what lets a lifter work on
+cameras, bodies and 2D detectors it never saw.
+
+Every function takes a batch of camera-frame poses (N, 17, 3) mm with the root kept and draws
+its randomness from a `torch.Generator` on the CPU (a generator belongs to one device), so an
+epoch's augmentation is the same for the same seed on any device. `augment_views` chains them
+as the training loop uses them; the pieces are public for tests and benchmarks.
+"""
 
 from __future__ import annotations
 
 import math
-
 import torch
 
 from hpe_ray.camera import project_to_pixels
-from hpe_ray.rotation import rotation_about_axis
-from hpe_ray.skeleton import JOINT_NAMES
+from hpe_ray.config import DataConfig
+from hpe_ray.rotation import axis_rotation
+from hpe_ray.skeleton import BONES, JOINT_NAMES, LEFT_JOINTS, RIGHT_JOINTS, flip_left_right
 
-# Virtual cameras: a full turn about the body's vertical axis, the camera raised or lowered by
-# up to this angle, the person moved nearer or farther and the lens zoomed within these factors.
-VIRTUAL_ELEVATION_DEG = 20.0
-VIRTUAL_DEPTH_SCALE = (0.8, 1.25)
-VIRTUAL_FOCAL_SCALE = (0.9, 1.1)
-_THORAX = JOINT_NAMES.index("thorax")
+_J = {name: i for i, name in enumerate(JOINT_NAMES)}
+# Joints whose placement differs between mocap converters and 2D detectors, as shifted by
+# `shift_keypoint_conventions`: four on the midline, then two left/right pairs (moved as mirror images).
+CONVENTION_MIDLINE = ("spine", "thorax", "neck_nose", "head_top")
+CONVENTION_PAIRS = (("right_hip", "left_hip"), ("right_shoulder", "left_shoulder"))
+NUM_CONVENTION_PARTS = len(CONVENTION_MIDLINE) + len(CONVENTION_PAIRS)
+# Bone i ends at joint BONES[i][1]; a left bone takes the scale of its right twin (symmetric bodies).
+_BONE_OF_CHILD = {child: i for i, (_, child) in enumerate(BONES)}
+_LEFT_BONES = [_BONE_OF_CHILD[j] for j in LEFT_JOINTS]
+_RIGHT_BONES = [_BONE_OF_CHILD[j] for j in RIGHT_JOINTS]
 
 
-def virtual_camera_views(pose_3d_cam_mm: torch.Tensor, intrinsics: torch.Tensor,
-                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """(n,) uniform in [low, high), drawn on the CPU, returned on like's device and dtype."""
+    values = low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
+    return values.to(like.device, like.dtype)
+
+
+def body_frames(pose_3d_cam_mm: torch.Tensor) -> torch.Tensor:
+    """Each pose's own axes as unit columns (right, up, forward) of (N, 3, 3): up from the pelvis
+    to the thorax, right from the left hip to the right hip made orthogonal to up, forward the
+    way the chest faces."""
+    up = pose_3d_cam_mm[:, _J["thorax"]] - pose_3d_cam_mm[:, _J["pelvis"]]
+    up = up / up.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    right = pose_3d_cam_mm[:, _J["right_hip"]] - pose_3d_cam_mm[:, _J["left_hip"]]
+    right = right - (right * up).sum(-1, keepdim=True) * up
+    right = right / right.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    return torch.stack([right, up, torch.linalg.cross(up, right)], dim=-1)
+
+
+def shift_keypoint_conventions(pose_3d_cam_mm: torch.Tensor, offsets_body_mm: torch.Tensor) -> torch.Tensor:
+    """Move the joints that converters and detectors place differently, leaving the rest.
+
+    offsets_body_mm (N, 6, 3) in each body's frame (right, up, forward): rows for spine, thorax,
+    neck_nose, head_top, then the hip pair and the shoulder pair, whose right joint moves by the
+    offset and left joint by its mirror image (a positive "right" component places both wider).
+    Returns (N, 17, 3): a copy with those joints moved.
+    """
+    frames = body_frames(pose_3d_cam_mm)
+    offsets_cam = offsets_body_mm @ frames.transpose(1, 2)  # rows: body -> camera coordinates
+    mirrored = offsets_body_mm * offsets_body_mm.new_tensor([-1.0, 1.0, 1.0])
+    mirrored_cam = mirrored @ frames.transpose(1, 2)
+    out = pose_3d_cam_mm.clone()
+    for row, name in enumerate(CONVENTION_MIDLINE):
+        out[:, _J[name]] += offsets_cam[:, row]
+    for row, (right, left) in enumerate(CONVENTION_PAIRS, start=len(CONVENTION_MIDLINE)):
+        out[:, _J[right]] += offsets_cam[:, row]
+        out[:, _J[left]] += mirrored_cam[:, row]
+    return out
+
+
+def random_convention_offsets(n: int, max_shift_mm: float, generator: torch.Generator,
+                              like: torch.Tensor) -> torch.Tensor:
+    """(n, 6, 3) offsets for `shift_keypoint_conventions`, each component uniform in +-max_shift_mm."""
+    values = torch.rand(n, NUM_CONVENTION_PARTS, 3, generator=generator, dtype=torch.float64) * 2 - 1
+    return (values * max_shift_mm).to(like.device, like.dtype)
+
+
+def scale_bones(pose_3d_cam_mm: torch.Tensor, bone_scales: torch.Tensor) -> torch.Tensor:
+    """Each bone (BONES order) lengthened by its factor, directions kept, root fixed: (N, 17, 3).
+
+    bone_scales (N, 16). Parents come before children in BONES, so one pass rebuilds the tree.
+    """
+    out = pose_3d_cam_mm.clone()
+    for i, (parent, child) in enumerate(BONES):
+        out[:, child] = out[:, parent] + (pose_3d_cam_mm[:, child] - pose_3d_cam_mm[:, parent]) * bone_scales[:, i:i + 1]
+    return out
+
+
+def random_bone_scales(n: int, body_scale: tuple[float, float], bone_spread: float, generator: torch.Generator,
+                       like: torch.Tensor) -> torch.Tensor:
+    """(n, 16) factors: one body size in body_scale times a per-bone factor in 1 +- bone_spread,
+    the same for a left bone and its right twin."""
+    body = _uniform(n, *body_scale, generator, like)[:, None]
+    per_bone = _uniform(n * len(BONES), 1 - bone_spread, 1 + bone_spread, generator, like).view(n, len(BONES))
+    per_bone[:, _LEFT_BONES] = per_bone[:, _RIGHT_BONES]
+    return body * per_bone
+
+
+# Virtual cameras roll by up to this angle and keep the root within this share of the half field of view.
+VIRTUAL_ROLL_DEG = 5.0
+VIRTUAL_FRAME_FILL = 0.7
+
+
+def virtual_camera_views(pose_3d_cam_mm: torch.Tensor, intrinsics: torch.Tensor, generator: torch.Generator, *,
+                         distance_mm: tuple[float, float], elevation_deg: tuple[float, float],
+                         field_of_view_deg: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The same bodies seen by random virtual cameras: (keypoints_2d_px, pose_3d_cam_mm, intrinsics).
 
-    pose_3d_cam_mm (N, 17, 3) camera mm, root kept; intrinsics (N, 9). Each pose turns about
-    its own vertical axis (pelvis -> thorax: the camera's tilt does not matter) through a random
-    angle, tilts about the camera x axis (elevation), and its root moves along its viewing ray
-    to a new depth; the focal length is scaled. Distortion and principal point stay the
-    sample's, so the 2D keypoints keep the statistics of real images.
+    pose_3d_cam_mm (N, 17, 3) camera mm, root kept; intrinsics (N, 9). The ranges (the config's
+    data.augment defaults are those of real rigs: lab cameras 2-8 m away looking down by up to
+    40 degrees, consumer lenses of 25-90 degree horizontal field of view). Each body turns through a random angle
+    about the camera's vertical axis (its lean is kept), is seen from a random elevation and
+    roll, and its root is put at a random distance in a random direction within the frame of a
+    lens with a random field of view (focal length from the image width, taken as twice the
+    principal point's x). Distortion and principal point stay the sample's.
     """
-    n, device, dtype = len(pose_3d_cam_mm), pose_3d_cam_mm.device, pose_3d_cam_mm.dtype
+    n = len(pose_3d_cam_mm)
+    like = pose_3d_cam_mm
 
-    def uniform(low: float, high: float) -> torch.Tensor:
-        # Drawn on the CPU: a torch.Generator belongs to one device.
-        return (low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)).to(device, dtype)
+    def angles_rad(low_deg: float, high_deg: float) -> torch.Tensor:
+        return _uniform(n, math.radians(low_deg), math.radians(high_deg), generator, like)
 
-    root = pose_3d_cam_mm[:, :1]
-    body = pose_3d_cam_mm - root
-    vertical = body[:, _THORAX] / body[:, _THORAX].norm(dim=-1, keepdim=True).clamp(min=1e-6)
-    x_axis = torch.tensor([1.0, 0.0, 0.0], dtype=dtype, device=device).expand(n, 3)
-    elevation_rad = math.radians(VIRTUAL_ELEVATION_DEG)
-    rotation = (rotation_about_axis(x_axis, uniform(-elevation_rad, elevation_rad))
-                @ rotation_about_axis(vertical, uniform(-math.pi, math.pi)))
+    body = pose_3d_cam_mm - pose_3d_cam_mm[:, :1]
+    # Camera x right, y down, z forward: from a camera looking down by e, the body's up axis
+    # (0, -1, 0) becomes (0, -cos e, -sin e), a rotation by +e about x.
+    rotation = (axis_rotation("z", angles_rad(-VIRTUAL_ROLL_DEG, VIRTUAL_ROLL_DEG))
+                @ axis_rotation("x", angles_rad(*elevation_deg))
+                @ axis_rotation("y", angles_rad(-180.0, 180.0)))
     body = body @ rotation.transpose(1, 2)
-    # Keep every joint at least one body radius in front of the camera.
-    radius_mm = body.norm(dim=-1).amax(dim=-1)
-    depth_mm = torch.maximum(root[:, 0, 2] * uniform(*VIRTUAL_DEPTH_SCALE), 2 * radius_mm)
-    new_root = root / root[..., 2:3] * depth_mm[:, None, None]
-    pose_new = body + new_root
+    half_fov_tan = torch.tan(angles_rad(*field_of_view_deg) / 2)
     intrinsics_new = intrinsics.clone()
-    intrinsics_new[:, 0:2] *= uniform(*VIRTUAL_FOCAL_SCALE)[:, None]
+    intrinsics_new[:, 0:2] = (intrinsics[:, 2] / half_fov_tan)[:, None]  # f = (width / 2) / tan(fov / 2)
+    # The root's direction: tangents of its angles off the optical axis (the frame is 4:3 or wider).
+    reach = VIRTUAL_FRAME_FILL * half_fov_tan
+    tan_x = _uniform(n, -1.0, 1.0, generator, like) * reach
+    tan_y = _uniform(n, -0.75, 0.75, generator, like) * reach
+    radius_mm = body.norm(dim=-1).amax(dim=-1)
+    distance = torch.maximum(_uniform(n, *distance_mm, generator, like), 2 * radius_mm)
+    direction = torch.stack([tan_x, tan_y, torch.ones_like(tan_x)], -1)
+    pose_new = body + (direction / direction.norm(dim=-1, keepdim=True) * distance[:, None])[:, None]
     return project_to_pixels(pose_new, intrinsics_new), pose_new, intrinsics_new
+
+
+def keypoint_noise(keypoints_2d_px: torch.Tensor, max_sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """2D keypoints with Gaussian noise like a detector's: sigma per sample uniform in
+    [0, max_sigma] times the height of its 2D pose (the noise scales with the person's size)."""
+    n = len(keypoints_2d_px)
+    height_px = keypoints_2d_px[..., 1].amax(-1) - keypoints_2d_px[..., 1].amin(-1)
+    sigma = _uniform(n, 0.0, max_sigma, generator, keypoints_2d_px) * height_px
+    noise = torch.randn(keypoints_2d_px.shape, generator=generator, dtype=torch.float64).to(keypoints_2d_px)
+    return keypoints_2d_px + noise * sigma[:, None, None]
+
+
+def augment_views(keypoints_2d_px: torch.Tensor, pose_3d_cam_mm: torch.Tensor, intrinsics: torch.Tensor,
+                  data: DataConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One epoch's training views: (keypoints_2d_px (N, 17, 2), pose_3d_cam_mm (N, 17, 3), intrinsics (N, 9)).
+
+    Shares of the poses (data.augment) get other bone lengths, other keypoint conventions and a
+    left-right mirror, in 3D, then are projected again; data.virtual_camera_fraction of them is
+    seen through a random virtual camera; then 2D noise. Untouched poses keep their 2D as stored
+    (which may come from a real detector).
+    """
+    aug = data.augment
+    n = len(pose_3d_cam_mm)
+
+    def chosen(share: float) -> torch.Tensor:
+        return (torch.rand(n, generator=generator) < share).to(pose_3d_cam_mm.device)
+
+    keypoints_2d_px, pose_3d_cam_mm, intrinsics = keypoints_2d_px.clone(), pose_3d_cam_mm.clone(), intrinsics.clone()
+    changed = torch.zeros(n, dtype=torch.bool, device=pose_3d_cam_mm.device)
+    if aug.bone_fraction > 0:
+        rows = chosen(aug.bone_fraction)
+        scales = random_bone_scales(int(rows.sum()), aug.body_scale, aug.bone_spread, generator, pose_3d_cam_mm)
+        pose_3d_cam_mm[rows] = scale_bones(pose_3d_cam_mm[rows], scales)
+        changed |= rows
+    if aug.convention_fraction > 0:
+        rows = chosen(aug.convention_fraction)
+        offsets = random_convention_offsets(int(rows.sum()), aug.convention_shift_mm, generator, pose_3d_cam_mm)
+        pose_3d_cam_mm[rows] = shift_keypoint_conventions(pose_3d_cam_mm[rows], offsets)
+        changed |= rows
+    if aug.flip > 0:
+        rows = chosen(aug.flip)
+        pose_3d_cam_mm[rows] = flip_left_right(pose_3d_cam_mm[rows])
+        changed |= rows
+    keypoints_2d_px[changed] = project_to_pixels(pose_3d_cam_mm[changed], intrinsics[changed])
+    if data.virtual_camera_fraction > 0:
+        rows = chosen(data.virtual_camera_fraction)
+        keypoints_2d_px[rows], pose_3d_cam_mm[rows], intrinsics[rows] = virtual_camera_views(
+            pose_3d_cam_mm[rows], intrinsics[rows], generator, distance_mm=aug.camera_distance_mm,
+            elevation_deg=aug.camera_elevation_deg, field_of_view_deg=aug.field_of_view_deg)
+    if aug.keypoint_noise > 0:
+        keypoints_2d_px = keypoint_noise(keypoints_2d_px, aug.keypoint_noise, generator)
+    return keypoints_2d_px, pose_3d_cam_mm, intrinsics

@@ -38,7 +38,7 @@ from hpe_ray.camera import Intrinsics
 from hpe_ray.data.batch import images_to_model_range, pose_batch
 from hpe_ray.data.sample import BadSampleError, PoseArrays, PoseSample
 from hpe_ray.data.shards import IMAGE_FIELD, POSE_FIELDS, STATS_FILE, SkipLog, load_manifest
-from hpe_ray.normalization import NormStats
+from hpe_ray.normalization import NormStats, without_2d_scores
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
 
 _POSES_ONLY = frozenset(POSE_FIELDS)
@@ -47,7 +47,8 @@ _BLOCK = 4096
 
 
 def load_stats(data_dir: str | os.PathLike, mode_2d: str = "camera") -> NormStats:
-    """The training split's NormStats for `mode_2d` ("camera" or "pixel") from stats.json."""
+    """The training split's NormStats for `mode_2d` (see `hpe_ray.normalization`) from stats.json.
+    "scaled" needs only the 3D stats, so datasets written before it existed serve it too."""
     path = Path(data_dir) / STATS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; datasets without a training split have no stats, "
@@ -56,6 +57,8 @@ def load_stats(data_dir: str | os.PathLike, mode_2d: str = "camera") -> NormStat
     if tuple(record["joint_names"]) != JOINT_NAMES:
         raise BadSampleError(f"{path}: joint names {record['joint_names']} differ from "
                              "hpe_ray.skeleton.JOINT_NAMES")
+    if mode_2d == "scaled" and mode_2d not in record:
+        return without_2d_scores(NormStats.from_dict(record["camera"]))
     if mode_2d not in record:
         raise ValueError(f"{path}: no stats for mode_2d={mode_2d!r}")
     return NormStats.from_dict(record[mode_2d])

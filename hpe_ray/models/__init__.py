@@ -6,6 +6,7 @@ from hpe_ray.models.decoders import ImageDecoder, PoseDecoder2D, PoseDecoder3D
 from hpe_ray.models.encoders import MLP, ImageEncoder, PoseEncoder2D
 from hpe_ray.models.losses import (
     DEFAULT_RECON_KIND,
+    best_of_k_loss,
     estimate_root_translation,
     kl_divergence,
     pair_loss,
@@ -18,6 +19,6 @@ from hpe_ray.models.vae import BATCH_KEY, CrossModalVAE
 __all__ = [
     "BATCH_KEY", "DEFAULT_RECON_KIND", "MLP",
     "CrossModalVAE", "ImageDecoder", "ImageEncoder", "PoseDecoder2D", "PoseDecoder3D", "PoseEncoder2D",
-    "build_model", "estimate_root_translation", "kl_divergence", "make_beta_schedule", "pair_loss",
+    "best_of_k_loss", "build_model", "estimate_root_translation", "kl_divergence", "make_beta_schedule", "pair_loss",
     "predict_pose_3d_mm", "reconstruction_loss", "reprojection_loss", "unwrap_model",
 ]

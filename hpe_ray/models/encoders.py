@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
@@ -57,8 +58,26 @@ class MLP(nn.Module):
         return h
 
 
+def bounded_logvar(raw: torch.Tensor, upper: float) -> torch.Tensor:
+    """upper - softplus(upper - raw): smoothly below `upper`, close to `raw` well under it; (...) -> (...).
+
+    A smooth bound, not a clamp, so a saturated head still gets a gradient.
+    """
+    return upper - F.softplus(upper - raw)
+
+
 class GaussianHeads(nn.Module):
-    """(B, features) -> mu (B, latent_dim), logvar (B, latent_dim) or None when not variational."""
+    """(B, features) -> mu (B, latent_dim), logvar (B, latent_dim) or None when not variational.
+
+    logvar is bounded above by LOGVAR_MAX (`bounded_logvar`). Unbounded, a linear head on
+    features that grow while the backbone trains (the ResNet from scratch) puts out log-variances
+    of 15-20 for some crops within the first hundred steps: exp(logvar) then dominates the KL
+    (1e5 and more) and the sampled z, so the decoder sees noise of std 1e3 and the clipped
+    gradient step is spent on it. A posterior wider than the N(0, I) prior never helps, so the
+    bound costs nothing.
+    """
+
+    LOGVAR_MAX = 2.0  # posterior std at most e = 2.7
 
     def __init__(self, features: int, latent_dim: int, variational: bool = True):
         super().__init__()
@@ -66,7 +85,9 @@ class GaussianHeads(nn.Module):
         self.logvar = nn.Linear(features, latent_dim) if variational else None
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.mu(h), (self.logvar(h) if self.logvar is not None else None)
+        if self.logvar is None:
+            return self.mu(h), None
+        return self.mu(h), bounded_logvar(self.logvar(h), self.LOGVAR_MAX)
 
 
 class PoseEncoder2D(nn.Module):

@@ -50,6 +50,19 @@ def pair_loss(recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logva
     return {"total": recon_term + beta * kl, "recon": recon_term, "kl": kl}
 
 
+def best_of_k_loss(hypotheses: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Per sample the reconstruction loss of its closest hypothesis, averaged: a scalar.
+
+    hypotheses (B, K, ...), target (B, ...). Only the winner of each sample gets a gradient, so
+    the K hypotheses spread over the poses the input allows instead of all pulling to the mean.
+    """
+    if hypotheses.shape[0] != target.shape[0] or hypotheses.shape[2:] != target.shape[1:]:
+        raise ValueError(f"hypotheses {tuple(hypotheses.shape)} do not match target {tuple(target.shape)}")
+    error = (hypotheses - target[:, None]).flatten(2)
+    per_hypothesis = error.pow(2).mean(-1) if kind == "mse" else error.abs().mean(-1)
+    return per_hypothesis.amin(1).mean()
+
+
 def estimate_root_translation(pose_3d_rootrel_mm: torch.Tensor, keypoints_2d_norm: torch.Tensor,
                               root_depth_mm: torch.Tensor | None = None) -> torch.Tensor:
     """Camera-frame root position (B, 3) mm that best places a root-relative pose (B, J, 3) on its

@@ -80,17 +80,24 @@ class CrossModalVAE(nn.Module):
             raise ValueError(f"this model has no {modality!r} decoder (it has {list(self.decoders)})")
         return self.decoders[modality](z)
 
-    def forward(self, src: str, dst: str, batch_inputs: Mapping[str, torch.Tensor],
-                sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, src: str, dst: str, batch_inputs: Mapping[str, torch.Tensor], sample: bool = True,
+                hypotheses: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Encode `src` from the batch dict, decode `dst`: (recon, mu, logvar).
 
         The module's forward so that a DistributedDataParallel wrapper can be called directly:
         `ddp_model("pose2d", "pose3d", batch)`. sample=False (or deterministic) decodes z = mu.
+        hypotheses=K > 0 (variational only) decodes z = mu and K samples of the posterior in one
+        pass: recon (B, 1 + K, ...), the mean's decoding first (for a best-of-K loss).
         """
         key = BATCH_KEY[src]
         if key not in batch_inputs:
             raise KeyError(f"batch has no {key!r}, needed by the {src!r} encoder (keys: {sorted(batch_inputs)})")
         mu, logvar = self.encode(src, batch_inputs[key])
+        if hypotheses > 0 and logvar is not None:
+            samples = self.reparameterize(mu.repeat_interleave(hypotheses, 0), logvar.repeat_interleave(hypotheses, 0))
+            z = torch.cat([mu[:, None], samples.view(len(mu), hypotheses, -1)], 1).flatten(0, 1)
+            recon = self.decode(dst, z)
+            return recon.view(len(mu), 1 + hypotheses, *recon.shape[1:]), mu, logvar
         z = self.reparameterize(mu, logvar) if sample and logvar is not None else mu
         return self.decode(dst, z), mu, logvar
 

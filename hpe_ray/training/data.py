@@ -2,8 +2,8 @@
 
 Two paths:
 - lifting (no image modality): all 2D/3D arrays live on the device; each epoch every rank takes
-  its slice of one shared permutation (equal batches per rank), a share of it seen through random
-  virtual cameras (`hpe_ray.data.augment`);
+  its slice of one shared permutation (equal batches per rank), augmented on the device
+  (`hpe_ray.data.augment.augment_views`: virtual cameras, bodies, keypoint conventions, noise);
 - images: WebDataset shards streamed by `hpe_ray.data.stream.make_loader`.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hpe_ray.config import Config
-from hpe_ray.data.augment import virtual_camera_views
+from hpe_ray.data.augment import augment_views
 from hpe_ray.data.batch import Batch, pose_batch
 from hpe_ray.data.sample import PoseArrays
 from hpe_ray.data.stream import load_manifest, load_pose_arrays, make_eval_loader, make_loader, verify_shards
@@ -80,12 +80,8 @@ def _in_memory_train(cfg: Config, stats: NormStats, rank: int, world_size: int,
 
     def batches(epoch: int) -> Iterator[Batch]:
         mine = rank_slice(n, rank, world_size, cfg.train.seed, epoch).to(device)[:steps * batch_size]
-        views = (keypoints_2d_px[mine], pose_3d_cam_mm[mine], intrinsics[mine])  # indexing copies
-        if cfg.data.virtual_camera_fraction > 0:
-            generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + rank)
-            virtual = (torch.rand(len(mine), generator=generator) < cfg.data.virtual_camera_fraction).to(device)
-            for view, new_view in zip(views, virtual_camera_views(views[1][virtual], views[2][virtual], generator)):
-                view[virtual] = new_view
+        generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + rank)
+        views = augment_views(keypoints_2d_px[mine], pose_3d_cam_mm[mine], intrinsics[mine], cfg.data, generator)
         epoch_data = pose_batch(*views, stats)
         for step in range(steps):
             yield {k: v[step * batch_size:(step + 1) * batch_size] for k, v in epoch_data.items()}

@@ -26,9 +26,10 @@ from hpe_ray.camera import most_common_camera
 from hpe_ray.config import Config, TrainConfig
 from hpe_ray.data.batch import Batch
 from hpe_ray.data.stream import load_pose_arrays, load_stats
-from hpe_ray.metrics import best_of_k, mpjpe, pa_mpjpe
-from hpe_ray.models import (BATCH_KEY, DEFAULT_RECON_KIND, build_model, make_beta_schedule, pair_loss,
-                            predict_pose_3d_mm, reprojection_loss)
+from hpe_ray.metrics import (best_of_k, bone_length_spread, hypothesis_spread, mpjpe, pa_mpjpe,
+                             radius_coverage)
+from hpe_ray.models import (BATCH_KEY, DEFAULT_RECON_KIND, best_of_k_loss, build_model, make_beta_schedule,
+                            pair_loss, predict_pose_3d_mm, reprojection_loss)
 from hpe_ray.normalization import NormStats, denormalize_3d
 from hpe_ray.training.checkpoint import METRICS_FILE, RANKING_METRIC, read_checkpoint_state, save_checkpoint
 from hpe_ray.training.data import to_device, train_batches, val_batches
@@ -59,8 +60,10 @@ def evaluation_modality(cfg: Config) -> str:
 
 def batch_errors(model: torch.nn.Module, batch: Batch, modality: str, stats: NormStats,
                  hypotheses: int) -> dict[str, torch.Tensor]:
-    """Per-sample errors (B,) in mm, 17 joints, root at zero: Protocol 1 ("mpjpe") and 2
-    ("pa_mpjpe") of the mean decoding, and both as best of K hypotheses."""
+    """Per-sample values (B,) in mm, 17 joints, root at zero: Protocol 1 ("mpjpe") and 2
+    ("pa_mpjpe") errors of the mean decoding, both as best of K hypotheses, and how the K
+    hypotheses scatter (`hpe_ray.metrics`: spread, bone-length spread, share of joints inside
+    the 90 % radius)."""
     mean_mm, samples_mm = predict_pose_3d_mm(model, batch[BATCH_KEY[modality]], modality, stats, hypotheses)
     truth_mm = batch["pose_3d_cam_mm"].float()
     truth_k = truth_mm[:, None].expand_as(samples_mm)
@@ -69,6 +72,9 @@ def batch_errors(model: torch.nn.Module, batch: Batch, modality: str, stats: Nor
         "pa_mpjpe": pa_mpjpe(mean_mm, truth_mm),
         "mpjpe_best_of_k": best_of_k(mpjpe(samples_mm, truth_k)),
         "pa_mpjpe_best_of_k": best_of_k(pa_mpjpe(samples_mm, truth_k)),
+        "hypothesis_spread": hypothesis_spread(samples_mm),
+        "bone_length_spread": bone_length_spread(samples_mm),
+        "coverage_90": radius_coverage(samples_mm, truth_mm, 0.9),
     }
 
 
@@ -109,11 +115,17 @@ def validate(model: torch.nn.Module, batches: Iterable[dict], modality: str, sta
 def pair_losses(model: torch.nn.Module, batch: Batch, src: str, dst: str, beta: float, cfg: Config,
                 stats: NormStats) -> dict[str, torch.Tensor]:
     """{"total", "kl"} of one encoder -> decoder pair, with the configured 3D terms."""
-    recon, mu, logvar = model(src, dst, batch)
     kind = DEFAULT_RECON_KIND["rgb"] if dst == "rgb" else cfg.loss.pose_loss
-    losses = pair_loss(recon, batch[BATCH_KEY[dst]], mu, logvar, beta, kind)
+    target = batch[BATCH_KEY[dst]]
+    best_of_k = dst == "pose3d" and cfg.loss.hypotheses > 0 and not cfg.model.deterministic
+    recon, mu, logvar = model(src, dst, batch, hypotheses=cfg.loss.hypotheses if best_of_k else 0)
+    if best_of_k:
+        recon, hypotheses = recon[:, 0], recon[:, 1:]
+    losses = pair_loss(recon, target, mu, logvar, beta, kind)
     without_3d_labels = dst == "pose3d" and not cfg.loss.use_3d_labels
     total = beta * losses["kl"] if without_3d_labels else losses["total"]
+    if best_of_k and cfg.loss.use_3d_labels:
+        total = total + cfg.loss.hypotheses_weight * best_of_k_loss(hypotheses, target, kind)
     if dst == "pose3d" and cfg.loss.reprojection_weight > 0:
         with torch.autocast(recon.device.type, enabled=False):  # a linear solve inside: float32
             pred_mm = denormalize_3d(recon.float(), stats)

@@ -1,0 +1,134 @@
+"""Lifting augmentation (hpe_ray.data.augment): hand values on small poses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hpe_ray.camera import project_to_pixels
+from hpe_ray.config import Config
+from hpe_ray.data.augment import (augment_views, body_frames, keypoint_noise, random_bone_scales,
+                                  random_convention_offsets, scale_bones, shift_keypoint_conventions,
+                                  virtual_camera_views)
+from hpe_ray.skeleton import LEFT_JOINTS, RIGHT_JOINTS, bone_lengths
+
+H36M_INTRINSICS_VECTOR = [1145.0, 1144.0, 512.5, 515.5, -0.2, 0.25, -0.003, -0.001, -0.0014]
+RANGES = dict(distance_mm=(2000.0, 8000.0), elevation_deg=(-10.0, 40.0), field_of_view_deg=(25.0, 90.0))
+
+
+def _poses(n: int, seed: int = 0) -> torch.Tensor:
+    """(n, 17, 3) camera-frame mm: random joints around a root 4-5 m in front of the camera,
+    thorax above the pelvis (camera y points down), right hip on the camera's left."""
+    g = torch.Generator().manual_seed(seed)
+    body = torch.randn(n, 17, 3, generator=g, dtype=torch.float64) * 200
+    body[:, 0] = 0
+    body[:, 8] = torch.tensor([0.0, -500.0, 0.0], dtype=torch.float64)
+    body[:, 1] = torch.tensor([-100.0, 0.0, 0.0], dtype=torch.float64)
+    body[:, 4] = torch.tensor([100.0, 0.0, 0.0], dtype=torch.float64)
+    root = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) * 400 - 200,
+                        torch.rand(n, generator=g, dtype=torch.float64) * 200 - 100,
+                        4000 + torch.rand(n, generator=g, dtype=torch.float64) * 1000], -1)
+    return (body + root[:, None]).float()
+
+
+def _intrinsics(n: int) -> torch.Tensor:
+    return torch.tensor(H36M_INTRINSICS_VECTOR).expand(n, 9).clone()
+
+
+def test_body_frame_of_a_person_facing_the_camera():
+    frames = body_frames(_poses(1))[0]
+    # right: towards the right hip (camera -x); up: camera -y; forward: towards the camera (-z).
+    torch.testing.assert_close(frames, torch.tensor([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]]).T)
+
+
+def test_convention_shift_moves_only_the_named_joints_hand_values():
+    pose = _poses(1)
+    offsets = torch.zeros(1, 6, 3)
+    offsets[0, 3] = torch.tensor([0.0, 10.0, 20.0])   # head top: 10 mm up, 20 mm forward
+    offsets[0, 4] = torch.tensor([30.0, 0.0, 0.0])    # hips: 30 mm wider each
+    shifted = shift_keypoint_conventions(pose, offsets)
+    moved = (shifted - pose)[0]
+    torch.testing.assert_close(moved[10], torch.tensor([0.0, -10.0, -20.0]))
+    torch.testing.assert_close(moved[1], torch.tensor([-30.0, 0.0, 0.0]))   # right hip further right
+    torch.testing.assert_close(moved[4], torch.tensor([30.0, 0.0, 0.0]))    # left hip further left
+    untouched = [j for j in range(17) if j not in (1, 4, 10)]
+    assert moved[untouched].abs().max() == 0
+    draws = random_convention_offsets(1000, 50.0, torch.Generator().manual_seed(0), pose)
+    assert draws.shape == (1000, 6, 3) and draws.abs().max() <= 50.0 and draws.abs().max() > 45.0
+
+
+def test_scale_bones_keeps_directions_and_moves_children_along():
+    pose = _poses(2)
+    scales = torch.ones(2, 16)
+    scales[:, 1] = 2.0  # bone 1 ends at the right knee
+    out = scale_bones(pose, scales)
+    torch.testing.assert_close(bone_lengths(out), bone_lengths(pose) * scales)
+    knee_shift = out[:, 2] - pose[:, 2]
+    torch.testing.assert_close(knee_shift, pose[:, 2] - pose[:, 1])        # the thigh doubled
+    torch.testing.assert_close(out[:, 3] - pose[:, 3], knee_shift)          # the ankle follows the knee
+    torch.testing.assert_close(out[:, [0, 4, 5, 6]], pose[:, [0, 4, 5, 6]])  # root and the other leg stay
+
+
+def test_random_bone_scales_are_symmetric_and_in_range():
+    scales = random_bone_scales(500, (0.9, 1.1), 0.1, torch.Generator().manual_seed(0), torch.zeros(1))
+    bone_of_child = lambda joint: joint - 1  # noqa: E731  BONES' children are 1..16 in order
+    for left, right in zip(LEFT_JOINTS, RIGHT_JOINTS):
+        assert torch.equal(scales[:, bone_of_child(left)], scales[:, bone_of_child(right)])
+    assert scales.min() >= 0.9 * 0.9 and scales.max() <= 1.1 * 1.1
+
+
+def test_virtual_camera_views_is_a_rigid_motion_seen_by_a_consistent_camera():
+    poses, intrinsics = _poses(256), _intrinsics(256)
+    keypoints_px, poses_new, intrinsics_new = virtual_camera_views(poses, intrinsics, torch.Generator().manual_seed(1),
+                                                                   **RANGES)
+    # Rigid: every distance between joints is kept.
+    assert torch.allclose(torch.cdist(poses_new, poses_new), torch.cdist(poses, poses), atol=1e-2)
+    assert (poses_new[..., 2] > 0).all()
+    assert torch.allclose(keypoints_px, project_to_pixels(poses_new, intrinsics_new), atol=1e-3)
+    distance = poses_new[:, 0].norm(dim=-1)
+    assert distance.min() >= 2000 - 1e-3 and distance.max() <= 8000 + 1e-3 and distance.max() > 7000
+    fov_deg = torch.rad2deg(2 * torch.atan(intrinsics[:, 2] / intrinsics_new[:, 0]))
+    assert fov_deg.min() >= 25 - 1e-3 and fov_deg.max() <= 90 + 1e-3
+    assert torch.equal(intrinsics_new[:, 2:], intrinsics[:, 2:])
+    # The root stays inside the frame: within 70 % of the half field of view.
+    tan_off_axis = poses_new[:, 0, 0].abs() / poses_new[:, 0, 2]
+    assert (tan_off_axis <= 0.7 * torch.tan(torch.deg2rad(fov_deg) / 2) + 1e-4).all()
+
+
+def test_virtual_camera_elevation_tips_the_body_away_hand_value():
+    """Seen from 30 degrees above, the body's up axis (0, -1, 0) becomes (., -cos 30, -sin 30):
+    the roll (about z) and the turn (about the vertical) leave its z component alone."""
+    poses = _poses(64)
+    _, poses_new, _ = virtual_camera_views(poses, _intrinsics(64), torch.Generator().manual_seed(2),
+                                           distance_mm=(4000.0, 4000.0), elevation_deg=(30.0, 30.0),
+                                           field_of_view_deg=(60.0, 60.0))
+    up = poses_new[:, 8] - poses_new[:, 0]
+    up = up / up.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(up[:, 2], torch.full((64,), -math.sin(math.radians(30))), atol=1e-5, rtol=0)
+
+
+def test_keypoint_noise_scales_with_the_pose_height():
+    keypoints = project_to_pixels(_poses(2000), _intrinsics(2000))
+    assert torch.equal(keypoint_noise(keypoints, 0.0, torch.Generator().manual_seed(0)), keypoints)
+    noisy = keypoint_noise(keypoints, 0.02, torch.Generator().manual_seed(0))
+    height_px = keypoints[..., 1].amax(-1) - keypoints[..., 1].amin(-1)
+    # sigma ~ U(0, 0.02) * height: E[sigma^2] = 0.02^2 / 3 * height^2.
+    relative = (noisy - keypoints) / height_px[:, None, None]
+    assert relative.pow(2).mean().sqrt().item() == pytest.approx(0.02 / math.sqrt(3), rel=0.05)
+
+
+def test_augment_views_off_is_the_identity_and_on_stays_consistent():
+    poses, intrinsics = _poses(64), _intrinsics(64)
+    keypoints = project_to_pixels(poses, intrinsics) + 3.0  # "detector" 2D that is not a projection
+    off = Config().with_overrides({"data.virtual_camera_fraction": 0.0}).data
+    out = augment_views(keypoints, poses, intrinsics, off, torch.Generator().manual_seed(0))
+    for got, expected in zip(out, (keypoints, poses, intrinsics)):
+        assert torch.equal(got, expected)
+    on = Config().with_overrides({"data.virtual_camera_fraction": 0.0, "data.augment.bone_fraction": 1.0,
+                                  "data.augment.convention_fraction": 1.0, "data.augment.flip": 1.0}).data
+    keypoints_new, poses_new, intrinsics_new = augment_views(keypoints, poses, intrinsics, on,
+                                                             torch.Generator().manual_seed(0))
+    torch.testing.assert_close(keypoints_new, project_to_pixels(poses_new, intrinsics_new))
+    assert torch.equal(intrinsics_new, intrinsics) and (poses_new - poses).abs().max() > 10
