@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from hpe_ray.camera import project_to_pixels
-from hpe_ray.config import Config
+from hpe_ray.config import Config, load_config
 from hpe_ray.data.bvh import BvhSettings
 from hpe_ray.data.augment import shift_keypoint_conventions, virtual_camera_views
 from hpe_ray.data.convert import write_bvh_dataset
@@ -57,14 +57,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 BANDAI_DIR = SHARED_DATA / "bandai-namco-1" / "data"
 CMU_DIR = SHARED_DATA / "cmu-131"
 
-# Model name -> overrides of the default Config (which is the project's default lifter).
-THESIS = {"data.mode_2d": "camera", "data.virtual_camera_fraction": 0.0, "loss.hypotheses": 0,
-          "data.augment.bone_fraction": 0.0, "data.augment.convention_fraction": 0.0, "data.augment.flip": 0.0,
-          "data.augment.keypoint_noise": 0.0}
+# Model name -> (config file or None for the defaults, overrides). The default Config is the
+# project's default lifter; configs/thesis-lifting.yaml the thesis's, unchanged.
 MODELS = {
-    "thesis VAE": THESIS,
-    "default VAE": {},
-    "default, deterministic": {"model.deterministic": True},
+    "thesis VAE": (REPO / "configs" / "thesis-lifting.yaml", {}),
+    "default VAE": (None, {}),
+    "default, deterministic": (None, {"model.deterministic": True}),
 }
 HYPOTHESES = (1, 5, 10, 50)
 OUTSIDE_RANGES = dict(distance_mm=(8000.0, 12000.0), elevation_deg=(45.0, 60.0), field_of_view_deg=(90.0, 110.0))
@@ -227,8 +225,9 @@ def main() -> None:
             continue
         for model in args.models:
             run_dir = args.out / "runs" / f"{train_set}-{model.replace(' ', '-').replace(',', '')}"
-            cfg = Config().with_overrides({
-                **MODELS[model], "data.dir": str(dirs[train_set]), "train.epochs": args.epochs,
+            config_file, overrides = MODELS[model]
+            cfg = (load_config(config_file) if config_file else Config()).with_overrides({
+                **overrides, "data.dir": str(dirs[train_set]), "train.epochs": args.epochs,
                 "train.steps_per_epoch": args.steps_per_epoch, "train.batch_size": args.batch_size,
                 "train.lr": args.lr, "train.seed": args.seed, "train.val_max_samples": 4000,
                 "train.tensorboard_images_every": 0, "run.checkpoints_to_keep": 1})

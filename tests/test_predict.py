@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,21 @@ def test_predict_from_a_folder_of_crops_names_unreadable_images(tmp_path_factory
         expected = Lifter.from_checkpoint(checkpoint).lift_images(images).poses_3d
         np.testing.assert_allclose(out["poses_3d_rgb"][:4], expected, atol=1e-4)
     assert len(summary.problems) == 1 and "crop9.jpg: unreadable image" in summary.problems[0]
+
+
+def test_a_scaled_model_lifts_a_phone_camera_without_intrinsics(tiny_dataset, tmp_path_factory):
+    """Keypoints of a 1920x1080 camera the model never saw, with and without its intrinsics:
+    the scaled 2D input cancels focal length and principal point, so no camera is assumed."""
+    from hpe_ray.camera import project_to_pixels
+
+    checkpoint = train_tiny_checkpoint(tiny_dataset, tmp_path_factory.mktemp("scaled"), steps=20, mode_2d="scaled")
+    lifter = Lifter.from_checkpoint(checkpoint)
+    arrays = load_pose_arrays(tiny_dataset, "test")
+    phone = np.array([1500.0, 1500.0, 960.0, 540.0, 0, 0, 0, 0, 0])  # 65 degree horizontal field of view
+    poses = arrays.pose_3d_cam_mm[:16] - arrays.pose_3d_cam_mm[:16, :1] + [300.0, 200.0, 3000.0]
+    keypoints = project_to_pixels(poses, phone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "assumed the training camera" warning
+        without = lifter.lift(keypoints)
+    with_intrinsics = lifter.lift(keypoints, phone[:2], phone[2:4])
+    np.testing.assert_allclose(without.poses_3d, with_intrinsics.poses_3d, atol=1e-3)

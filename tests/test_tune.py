@@ -407,3 +407,27 @@ def finished_trials(experiment: Path) -> list[Path]:
     """result.json files of trials that reported their last result."""
     return [Path(p) for p in glob.glob(str(experiment / "trial_*" / "result.json"))
             if '"done": true' in Path(p).read_text()]
+
+
+def test_one_worker_spaces_train_in_the_trial_process(tmp_path):
+    from hpe_ray.search.tune import in_process
+
+    assert in_process(load_space(write_space(tmp_path, TINY_SPACE, "one.yaml")))
+    mixed = {**TINY_SPACE, "search": {**TINY_SPACE["search"], "scaling.workers": {"choice": [1, 2]}}}
+    assert not in_process(load_space(write_space(tmp_path, mixed, "mixed.yaml")))
+
+
+@pytest.mark.slow
+def test_multi_worker_trials_run_as_ray_train_runs(tmp_path):
+    """Two-worker trials keep their TorchTrainer: each trial's Train run has checkpoints and the
+    leaderboard is complete."""
+    data = make_tiny_dataset(tmp_path / "data")
+    space = {**TINY_SPACE, "base": {**TINY_SPACE["base"], "train": {**TINY_SPACE["base"]["train"], "epochs": 1},
+                                    "scaling": {"workers": 2, "cpus_per_worker": 0.5}},
+             "search_settings": {**TINY_SPACE["search_settings"], "num_samples": 2, "scheduler": "none"}}
+    result = run_cli("tune", "--space", str(write_space(tmp_path, space, "two.yaml")), "--data", str(data),
+                     "--storage", str(tmp_path / "runs"), "--name", "two", cwd=tmp_path, timeout=600)
+    assert "as Ray Train runs" in result.stdout
+    board = pd.read_csv(tmp_path / "runs" / "two" / "leaderboard.csv")
+    assert len(board) == 2 and board["val_mpjpe"].notna().all()
+    assert len(list((tmp_path / "runs" / "two" / "train_runs").glob("train-*/checkpoint_*/checkpoint.pt"))) == 2

@@ -137,11 +137,13 @@ class Lifter:
         return self._predict(inputs, "rgb", valid, problems, hypotheses, batch_size, progress, seed)
 
     def _camera(self, focal_px, center_px, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-sample (focal (N, 2), center (N, 2)); pixel-mode models ignore the camera."""
+        """Per-sample (focal (N, 2), center (N, 2)). Pixel-mode models ignore the camera, and so do
+        scaled-mode ones: their input is root-relative and divided by the pose's own size, where
+        focal length and principal point cancel (square pixels assumed)."""
         if (focal_px is None) != (center_px is None):
             raise ValueError("give both focal_px and center_px, or neither (the default camera)")
         if focal_px is None:
-            if self.stats.mode_2d == "pixel":
+            if self.stats.mode_2d in ("pixel", "scaled"):
                 return np.ones((count, 2)), np.zeros((count, 2))
             focal_px, center_px = self.default_camera()
             warnings.warn(f"no camera intrinsics given: using the training data's most common camera "

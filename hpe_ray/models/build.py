@@ -19,7 +19,8 @@ def build_model(cfg: Config, *, load_pretrained: bool = True) -> CrossModalVAE:
     return CrossModalVAE(
         latent_dim=m.latent_dim, encoders=encoders, decoders=decoders, image_size=cfg.data.image_size,
         hidden=m.hidden, blocks=m.blocks, batch_norm=m.batch_norm, dropout=m.dropout, residual=m.residual,
-        deterministic=m.deterministic, image_pretrained=m.image_pretrained if load_pretrained else None)
+        deterministic=m.deterministic, conditioned=m.conditioned,
+        image_pretrained=m.image_pretrained if load_pretrained else None)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -35,17 +35,20 @@ class CrossModalVAE(nn.Module):
 
     MLP options (hidden, blocks, batch_norm, dropout, residual) apply to the pose encoder and
     decoders. `deterministic=True` is the Martinez-style baseline with the same architecture:
-    no log-variance heads, z = mu, no KL term.
+    no log-variance heads, z = mu, no KL term. `conditioned=True` gives the 3D decoder the
+    latent mean beside z (a conditional decoder, after Sohn et al. 2015): it knows what the
+    input said and can spend z - mu on what the input leaves open (depth, occluded limbs).
     """
 
     def __init__(self, latent_dim: int = 100, encoders: Iterable[str] = ("pose2d",),
                  decoders: Iterable[str] = ("pose3d",), image_size: int = 128, hidden: int = 512,
                  blocks: int = 5, batch_norm: bool = False, dropout: float = 0.0, residual: bool = False,
                  image_pretrained: str | None = None, deterministic: bool = False, num_joints: int = 16,
-                 allow_download: bool = False):
+                 allow_download: bool = False, conditioned: bool = False):
         super().__init__()
         self.latent_dim = latent_dim
         self.deterministic = deterministic
+        self.conditioned = conditioned
         mlp = dict(hidden=hidden, blocks=blocks, batch_norm=batch_norm, dropout=dropout, residual=residual)
         variational = not deterministic
         builders_in = {
@@ -54,7 +57,7 @@ class CrossModalVAE(nn.Module):
                                         variational=variational),
         }
         builders_out = {
-            "pose3d": lambda: PoseDecoder3D(latent_dim, num_joints, **mlp),
+            "pose3d": lambda: PoseDecoder3D(latent_dim * (2 if conditioned else 1), num_joints, **mlp),
             "pose2d": lambda: PoseDecoder2D(latent_dim, num_joints, **mlp),
             "rgb": lambda: ImageDecoder(latent_dim, image_size),
         }
@@ -74,10 +77,13 @@ class CrossModalVAE(nn.Module):
         """A sample z ~ N(mu, exp(logvar)), differentiable in mu and logvar; (..., D)."""
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
-    def decode(self, modality: str, z: torch.Tensor) -> torch.Tensor:
-        """z (B, latent_dim) -> (B, ...) of `modality`."""
+    def decode(self, modality: str, z: torch.Tensor, mu: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, latent_dim) -> (B, ...) of `modality`. mu (B, latent_dim): the latent mean z was
+        drawn around, which a conditioned 3D decoder also reads (None: z is the mean)."""
         if modality not in self.decoders:
             raise ValueError(f"this model has no {modality!r} decoder (it has {list(self.decoders)})")
+        if modality == "pose3d" and self.conditioned:
+            z = torch.cat([z, z if mu is None else mu], -1)
         return self.decoders[modality](z)
 
     def forward(self, src: str, dst: str, batch_inputs: Mapping[str, torch.Tensor], sample: bool = True,
@@ -96,10 +102,10 @@ class CrossModalVAE(nn.Module):
         if hypotheses > 0 and logvar is not None:
             samples = self.reparameterize(mu.repeat_interleave(hypotheses, 0), logvar.repeat_interleave(hypotheses, 0))
             z = torch.cat([mu[:, None], samples.view(len(mu), hypotheses, -1)], 1).flatten(0, 1)
-            recon = self.decode(dst, z)
+            recon = self.decode(dst, z, mu.repeat_interleave(1 + hypotheses, 0))
             return recon.view(len(mu), 1 + hypotheses, *recon.shape[1:]), mu, logvar
         z = self.reparameterize(mu, logvar) if sample and logvar is not None else mu
-        return self.decode(dst, z), mu, logvar
+        return self.decode(dst, z, mu), mu, logvar
 
     def lift(self, modality: str, inputs: torch.Tensor, hypotheses: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised 3D from one encoder: (mean (B, 16, 3), samples (B, K, 16, 3)).
@@ -114,5 +120,6 @@ class CrossModalVAE(nn.Module):
         mean = self.decode("pose3d", mu)
         if logvar is None:
             return mean, mean[:, None].expand(-1, hypotheses, -1, -1)
-        z = self.reparameterize(mu.repeat_interleave(hypotheses, 0), logvar.repeat_interleave(hypotheses, 0))
-        return mean, self.decode("pose3d", z).view(len(mu), hypotheses, *mean.shape[1:])
+        mu_k = mu.repeat_interleave(hypotheses, 0)
+        z = self.reparameterize(mu_k, logvar.repeat_interleave(hypotheses, 0))
+        return mean, self.decode("pose3d", z, mu_k).view(len(mu), hypotheses, *mean.shape[1:])

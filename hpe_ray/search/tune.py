@@ -1,8 +1,11 @@
-"""Running a search: a search space as Ray Tune trials, one TorchTrainer each.
+"""Running a search: a search space as Ray Tune trials.
 
 Optuna proposes the values (flat dotted keys), ASHA stops weak trials early on the epoch
-they report, and each trial trains `base + sampled values` with `distributed.make_trainer`.
-The space file is read by search.space, the finished experiment by search.results.
+they report, and each trial trains `base + sampled values`. A space whose trials all use one
+worker trains each in the trial's own process through the training core (`training.loop.fit`),
+so a short trial does not pay for a Ray Train controller and worker group; multi-worker trials
+are a TorchTrainer each (`distributed.make_trainer`). The space file is read by search.space,
+the finished experiment by search.results.
 """
 
 from __future__ import annotations
@@ -71,21 +74,37 @@ def make_scheduler(settings: SearchSettings, epochs: int):
                          grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
 
 
-def run_trial(params: dict[str, Any], *, base: dict[str, Any], data_dir: str, train_storage: str) -> None:
+def in_process(space: SearchSpace) -> bool:
+    """Whether every trial of the space has one worker, so trials train in their own process."""
+    return all(space.base.with_overrides(p).scaling.workers == 1 for p in edge_points(space.params))
+
+
+def run_trial(params: dict[str, Any], *, base: dict[str, Any], data_dir: str, train_storage: str,
+              train_in_process: bool) -> None:
     """One Tune trial: train the base config with this trial's sampled values (`params`).
 
-    The Train run is named after the trial id only, so a restored trial finds its
+    The training run is named after the trial id only, so a restored trial finds its
     checkpoints and continues from them.
     """
     import ray.tune
+
+    cfg = trial_config(base, params, data_dir)
+    run_name = f"train-{ray.tune.get_context().get_trial_id()}"
+    if train_in_process:
+        import torch
+
+        from hpe_ray.training.loop import fit
+
+        device = "cuda" if cfg.scaling.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
+        fit(cfg, Path(train_storage) / run_name, device=device,
+            on_epoch=lambda metrics, checkpoint_dir: ray.tune.report(
+                {**metrics, "checkpoint_path": str(checkpoint_dir)}))
+        return
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from hpe_ray.distributed import make_trainer
 
-    cfg = trial_config(base, params, data_dir)
-    trainer = make_trainer(cfg, run_name=f"train-{ray.tune.get_context().get_trial_id()}",
-                           storage_path=train_storage, extra_callbacks=[TuneReportCallback()])
-    trainer.fit()
+    make_trainer(cfg, run_name=run_name, storage_path=train_storage, extra_callbacks=[TuneReportCallback()]).fit()
 
 
 def trial_dirname(trial) -> str:
@@ -127,12 +146,15 @@ def _connect(address: str | None, dashboard_host: str) -> bool:
 
 
 def _trainable(space: SearchSpace, data_dir: Path, experiment_dir: Path):
-    """run_trial with what every trial shares bound to it; a trial's config is its sampled values."""
+    """run_trial with what every trial shares bound to it; a trial's config is its sampled values.
+    A trial trained in its own process holds its worker's resources itself."""
     from ray import tune
 
+    own_process = in_process(space)
     shared = tune.with_parameters(run_trial, base=space.base.model_dump(), data_dir=str(data_dir),
-                                  train_storage=str(experiment_dir / TRAIN_RUNS))
-    return tune.with_resources(shared, {"cpu": space.settings.trial_cpus})
+                                  train_storage=str(experiment_dir / TRAIN_RUNS), train_in_process=own_process)
+    per_trial = space_resources(space) if own_process else {"CPU": space.settings.trial_cpus, "GPU": 0}
+    return tune.with_resources(shared, {"cpu": per_trial["CPU"], "gpu": per_trial["GPU"]})
 
 
 def _new_tuner(space: SearchSpace, data_dir: Path, experiment_dir: Path, num_samples: int):
@@ -144,7 +166,8 @@ def _new_tuner(space: SearchSpace, data_dir: Path, experiment_dir: Path, num_sam
     per_trial = space_resources(space)
     concurrent = (max_concurrent_trials(ray.available_resources(), per_trial)
                   if settings.max_concurrent == "auto" else settings.max_concurrent)
-    print(f"search {experiment_dir.name}: {num_samples} trials, {settings.sampler} + {settings.scheduler}, "
+    where = "in their own processes" if in_process(space) else "as Ray Train runs"
+    print(f"search {experiment_dir.name}: {num_samples} trials {where}, {settings.sampler} + {settings.scheduler}, "
           f"{concurrent} at a time ({per_trial['CPU']:g} CPU, {per_trial['GPU']:g} GPU each)")
     searcher = OptunaSearch(space=space.params, metric=SEARCH_METRIC, mode=MODE,
                             points_to_evaluate=space.points_to_evaluate or None,
@@ -155,7 +178,9 @@ def _new_tuner(space: SearchSpace, data_dir: Path, experiment_dir: Path, num_sam
                                     num_samples=num_samples, max_concurrent_trials=concurrent,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=experiment_dir.name, storage_path=str(experiment_dir.parent),
-                                  verbose=1),
+                                  verbose=1,
+                                  # Trials in their own process restart from their last checkpoint like Train runs do.
+                                  failure_config=tune.FailureConfig(max_failures=space.base.run.max_failures)),
     )
 
 

@@ -246,13 +246,13 @@ def log_epoch(metrics: dict[str, float], epochs: int) -> None:
 
 
 def fit(cfg: Config, run_dir: str | Path, *, device: torch.device | str = "cpu",
-        on_epoch: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+        on_epoch: Callable[[dict[str, float], Path], None] | None = None) -> list[dict[str, float]]:
     """Train `cfg` in this process, one rank, no Ray; returns the metrics of each epoch run.
 
     Checkpoints go to run_dir/checkpoint_epoch_NNNN (the best run.checkpoints_to_keep by
     val_mpjpe and the latest are kept), TensorBoard events to run_dir/tensorboard. A run_dir
-    that already holds checkpoints is continued from its latest one. on_epoch(metrics) is
-    called after each epoch's checkpoint is written (e.g. to report to Ray Tune).
+    that already holds checkpoints is continued from its latest one. on_epoch(metrics,
+    checkpoint_dir) is called after each epoch's checkpoint is written (e.g. to report to Ray Tune).
     """
     run_dir = Path(run_dir)
     latest = _latest_checkpoint(run_dir)
@@ -264,11 +264,12 @@ def fit(cfg: Config, run_dir: str | Path, *, device: torch.device | str = "cpu",
             metrics = trainer.run_epoch()
             log_epoch(metrics, cfg.train.epochs)
             writer.write(metrics)
-            trainer.save(run_dir / EPOCH_DIR.format(epoch=trainer.epoch), metrics)
+            checkpoint_dir = run_dir / EPOCH_DIR.format(epoch=trainer.epoch)
+            trainer.save(checkpoint_dir, metrics)
             _prune_checkpoints(run_dir, cfg.run.checkpoints_to_keep)
             history.append(metrics)
             if on_epoch is not None:
-                on_epoch(metrics)
+                on_epoch(metrics, checkpoint_dir)
     return history
 
 
