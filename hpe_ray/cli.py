@@ -170,7 +170,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hpe_ray.demo import run_demo
 
-    run_demo(data_dir=args.data, out_dir=args.out, space=args.space, trials=args.trials)
+    run_demo(data_dir=args.data, out_dir=args.out, space=args.space, trials=args.trials,
+             crossmodal_config=None if args.no_crossmodal else args.crossmodal_config)
 
 
 # ---------------------------------------------------------------- parser
@@ -292,11 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--formats", nargs="+", default=["torchscript", "onnx"])
 
-    p = _add(sub, "demo", _cmd_demo, "the main job: default dataset + quick search + leaderboard")
+    p = _add(sub, "demo", _cmd_demo, "the main job: default dataset + quick search + leaderboard + cross-modal stage")
     p.add_argument("--data", default="data/synthetic")
     p.add_argument("--out", default="runs")
     p.add_argument("--space", default=str(Path(__file__).resolve().parents[1] / "tune_spaces" / "quick.yaml"))
     p.add_argument("--trials", type=int)
+    p.add_argument("--crossmodal-config",
+                   default=str(Path(__file__).resolve().parents[1] / "configs" / "crossmodal-demo.yaml"),
+                   help="config of the cross-modal stage (RGB -> 3D beside 2D -> 3D); its image size is the dataset's")
+    p.add_argument("--no-crossmodal", action="store_true", help="skip the cross-modal stage")
     return parser
 
 

@@ -149,3 +149,15 @@ def mean_pose_tables(data_dir: str | Path, split: str = "test") -> dict[str, dic
     actions = [base_action(str(a)) for a in arrays.action]
     return {"MPJPE (P1)": per_action_table(mpjpe(predicted_mm, truth_mm), actions),
             "PA-MPJPE (P2)": per_action_table(pa_mpjpe(predicted_mm, truth_mm), actions)}
+
+
+def compare_table(rows: dict[str, dict[str, dict[str, float]]], label: str = "Model") -> str:
+    """Markdown: one row per entry of `rows` (row name -> tables as `EvalResult.tables`), one
+    column per error column in first-seen order, holding the action-wise averages (mm); "–"
+    where a row lacks a column (best of K of a deterministic model or the mean pose)."""
+    columns = list(dict.fromkeys(column for tables in rows.values() for column in tables))
+    lines = [f"| {label} | {' | '.join(columns)} |", "|---|" + "---:|" * len(columns)]
+    for name, tables in rows.items():
+        cells = [f"{tables[column]['Average']:.1f}" if column in tables else "–" for column in columns]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)

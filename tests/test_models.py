@@ -317,3 +317,47 @@ def test_forward_with_hypotheses_decodes_the_mean_first_then_k_samples():
         assert not torch.allclose(recon[:, 1], recon[:, 2])
         baseline = small_model(deterministic=True).eval()
         assert baseline("pose2d", "pose3d", batch, hypotheses=4)[0].shape == (3, 16, 3)  # no posterior: one answer
+
+
+def test_bounded_logvar_hand_values():
+    from hpe_ray.models.encoders import bounded_logvar
+
+    raw = torch.tensor([-10.0, 0.0, 2.0, 100.0], dtype=torch.float64)
+    # 2 - ln(1 + e^(2 - raw)): about raw well below the bound, 2 - ln 2 at it, 2 far above it.
+    expected = [2 - math.log1p(math.exp(12)), 2 - math.log1p(math.exp(2)), 2 - math.log(2), 2.0]
+    torch.testing.assert_close(bounded_logvar(raw, 2.0), torch.tensor(expected, dtype=torch.float64))
+    assert bounded_logvar(raw, 2.0)[0].item() == pytest.approx(-10.0, abs=1e-5)
+    raw.requires_grad_(True)
+    bounded_logvar(raw, 2.0).sum().backward()  # d/draw = sigmoid(2 - raw): never exactly 0
+    torch.testing.assert_close(raw.grad, torch.sigmoid(2.0 - raw.detach()))
+    assert raw.grad[-1].item() > 0
+
+
+def test_logvar_heads_stay_bounded_on_huge_features():
+    # Features that grew while the backbone trained: the unbounded linear head puts out
+    # log-variances in the hundreds, whose exp (in the KL and the sampled z) overflows.
+    from hpe_ray.models.encoders import GaussianHeads
+
+    torch.manual_seed(0)
+    heads = GaussianHeads(features=64, latent_dim=8)
+    features = torch.randn(16, 64) * 1e3
+    mu, logvar = heads(features)
+    assert heads.logvar(features).max() > 100 and not torch.isfinite(kl_divergence(mu, heads.logvar(features)))
+    assert logvar.max() <= GaussianHeads.LOGVAR_MAX and torch.isfinite(kl_divergence(mu, logvar))
+    assert torch.exp(0.5 * logvar).max() <= math.exp(1.0)
+
+
+def test_conditioned_decoder_reads_the_latent_mean_beside_the_sample():
+    torch.manual_seed(0)
+    model = CrossModalVAE(latent_dim=8, hidden=32, blocks=2, conditioned=True).eval()
+    assert model.decoders["pose3d"].trunk.stem[0].in_features == 16  # z and mu side by side
+    pose_2d = torch.randn(3, 16, 2)
+    with torch.no_grad():
+        mu, _ = model.encode("pose2d", pose_2d)
+        mean, samples = model.lift("pose2d", pose_2d, hypotheses=4)
+        torch.testing.assert_close(mean, model.decode("pose3d", mu, mu))
+        torch.testing.assert_close(mean, model.decode("pose3d", mu))  # mu defaults to z itself
+        # The same sample read against another mean decodes to another pose.
+        z = mu + 0.5
+        assert not torch.allclose(model.decode("pose3d", z, mu), model.decode("pose3d", z, mu + 1.0))
+    assert samples.shape == (3, 4, 16, 3)
