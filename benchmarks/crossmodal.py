@@ -1,9 +1,9 @@
 """RGB -> 3D on synthetic crops: the cross-modal VAE against a ResNet-18 regressor and a 2D lifter
 trained alone, all with the same budget, in this process (`hpe_ray.training.loop.fit`, no Ray).
 
-    .venv/bin/python benchmarks/crossmodal.py --out runs/crossmodal_bench        # about 40 min, one core
+    .venv/bin/python benchmarks/crossmodal.py --out runs/crossmodal_bench        # 41 min on this 2-core machine
     .venv/bin/python benchmarks/crossmodal.py --epochs 1 --steps-per-epoch 5 --sequences 1 --frames 4 \
-        --out /tmp/crossmodal_smoke                                               # smoke run, 2 min
+        --out /tmp/crossmodal_smoke                                               # smoke run, under a minute
 
 Data: a synthetic set with 64 px crops (`SyntheticSpec` with --sequences and --frames, four
 Human3.6M-like cameras), generated under --data on the first run and reused afterwards.
