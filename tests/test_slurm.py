@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_tune import TINY_SPACE, write_space, finished_trials, make_tiny_dataset
+from hpe_ray.search.results import load_trials
+from test_tune import TINY_SPACE, write_space, make_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHIMS = Path(__file__).resolve().parent / "slurm_shims"
@@ -80,13 +81,24 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def finished_trials(experiment: Path) -> list[Path]:
+    """result.json files of the trials Tune's saved state lists as complete or stopped early."""
+    return [experiment / f"trial_{t.trial_id}" / "result.json" for t in load_trials(experiment)
+            if t.status in ("complete", "stopped early")]
+
+
 @pytest.mark.slow
 def test_tune_sh_saves_on_usr1_and_a_resubmission_finishes_the_search(tmp_path):
     """The walltime path: USR1 to the batch shell -> Tune saves -> the job ends cleanly ->
     the same job again (with --resume) finishes the search, keeping the finished trials."""
     data = make_tiny_dataset(tmp_path / "data")
-    space = write_space(tmp_path, {**TINY_SPACE, "search_settings": {**TINY_SPACE["search_settings"],
-                                                                     "num_samples": 3}}, "tiny.yaml")
+    # One trial at a time, each lasting seconds: once the second trial's run folder exists, Tune
+    # has finished the first (its result reaches storage only when the search saves), and the
+    # third cannot have finished yet.
+    base = {**TINY_SPACE["base"], "train": {**TINY_SPACE["base"]["train"], "epochs": 10, "steps_per_epoch": 100,
+                                                "batch_size": 16}}
+    space = write_space(tmp_path, {**TINY_SPACE, "base": base, "search_settings": {
+        **TINY_SPACE["search_settings"], "num_samples": 3, "max_concurrent": 1, "scheduler": "none"}}, "tiny.yaml")
     experiment = tmp_path / "runs" / "slurm"
     job_id = 100_000 + os.getpid() % 100_000
     command = ["bash", str(REPO / "slurm" / "tune.sh"), "--space", str(space), "--data", str(data),
@@ -97,9 +109,9 @@ def test_tune_sh_saves_on_usr1_and_a_resubmission_finishes_the_search(tmp_path):
                            text=True)
     try:
         deadline = time.monotonic() + 300
-        while not finished_trials(experiment):
-            assert job.poll() is None and time.monotonic() < deadline, "no trial finished"
-            time.sleep(1)
+        while len(list((experiment / "train_runs").glob("train-*"))) < 2:
+            assert job.poll() is None and time.monotonic() < deadline, "the second trial never started"
+            time.sleep(0.2)
         job.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@600` sends
         output = job.communicate(timeout=180)[0]
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import json
 import math
@@ -401,12 +400,6 @@ def test_ray_job_submit_runs_the_search(tmp_path):
         head.wait(timeout=60)
     board = pd.read_csv(tmp_path / "runs" / "submitted" / "leaderboard.csv")
     assert len(board) == 2 and board["val_mpjpe"].notna().all()
-
-
-def finished_trials(experiment: Path) -> list[Path]:
-    """result.json files of trials that reported their last result."""
-    return [Path(p) for p in glob.glob(str(experiment / "trial_*" / "result.json"))
-            if '"done": true' in Path(p).read_text()]
 
 
 def test_one_worker_spaces_train_in_the_trial_process(tmp_path):
