@@ -29,6 +29,7 @@ spread and its error. Numbers are synthetic data or real mocap on this machine, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -47,8 +48,7 @@ from hpe_ray.data.sample import PoseArrays
 from hpe_ray.data.stream import load_pose_arrays
 from hpe_ray.data.synthetic import SyntheticSpec, write_synthetic_dataset
 from hpe_ray.inference import Lifter
-from hpe_ray.metrics import (base_action, best_of_k, bone_length_spread, hypothesis_spread, mpjpe, pa_mpjpe,
-                             per_action_table, radius_coverage, spearman)
+from hpe_ray.metrics import base_action, per_action_table, pose_errors, summarize_hypotheses
 from hpe_ray.normalization import root_relative
 from hpe_ray.training.loop import fit
 
@@ -118,10 +118,10 @@ def convention_view(arrays: PoseArrays, seed: int) -> PoseArrays:
 
 
 def _replace(arrays: PoseArrays, keypoints_2d_px, pose_3d_cam_mm, intrinsics) -> PoseArrays:
-    values = {name: getattr(arrays, name) for name in ("key", "subject", "action", "camera_id", "frame")}
-    return PoseArrays(keypoints_2d_px=np.asarray(keypoints_2d_px, np.float32),
-                      pose_3d_cam_mm=np.asarray(pose_3d_cam_mm, np.float32),
-                      intrinsics=np.asarray(intrinsics, np.float32), **values)
+    """The same samples (keys, actions, ...) with other poses and cameras, as float32 arrays."""
+    return dataclasses.replace(arrays, keypoints_2d_px=np.asarray(keypoints_2d_px, np.float32),
+                               pose_3d_cam_mm=np.asarray(pose_3d_cam_mm, np.float32),
+                               intrinsics=np.asarray(intrinsics, np.float32))
 
 
 # ---------------------------------------------------------------- scoring
@@ -136,19 +136,18 @@ def score(lifter: Lifter, arrays: PoseArrays, hypotheses: int = 1, seed: int = 0
     def average(per_sample: np.ndarray) -> float:
         return per_action_table(per_sample, actions)["Average"]
 
-    out = {"mpjpe": average(mpjpe(result.poses_3d, truth)), "pa_mpjpe": average(pa_mpjpe(result.poses_3d, truth))}
-    if hypotheses > 1:
-        samples = result.hypotheses.astype(np.float64)
-        truth_k = np.broadcast_to(truth[:, None], samples.shape)
-        errors, pa_errors = mpjpe(samples, truth_k), pa_mpjpe(samples, truth_k)
-        for k in HYPOTHESES:
-            out[f"best_of_{k}"] = average(best_of_k(errors[:, :k]))
-            out[f"pa_best_of_{k}"] = average(best_of_k(pa_errors[:, :k]))
-        spread = hypothesis_spread(samples)
-        out.update(spread_mm=float(spread.mean()), bone_length_spread_mm=float(bone_length_spread(samples).mean()),
-                   coverage_90=float(radius_coverage(samples, truth, 0.9).mean()),
-                   spearman_spread_error=spearman(spread, mpjpe(result.poses_3d, truth)))
-    return out
+    if hypotheses == 1:
+        per_sample = pose_errors(result.poses_3d, None, truth, ("mpjpe", "pa_mpjpe"))
+        return {name: average(values) for name, values in per_sample.items()}
+    samples = result.hypotheses.astype(np.float64)
+    out = {}
+    for k in HYPOTHESES:  # best of the first k hypotheses, for each k
+        best = pose_errors(result.poses_3d, samples[:, :k], truth, ("mpjpe_best_of_k", "pa_mpjpe_best_of_k"))
+        out[f"best_of_{k}"], out[f"pa_best_of_{k}"] = (average(v) for v in best.values())
+    per_sample = pose_errors(result.poses_3d, samples, truth, ("mpjpe", "pa_mpjpe", "hypothesis_spread",
+                                                               "bone_length_spread", "coverage_90"))
+    return {"mpjpe": average(per_sample["mpjpe"]), "pa_mpjpe": average(per_sample["pa_mpjpe"]), **out,
+            **summarize_hypotheses(per_sample)}
 
 
 def evaluate_model(checkpoint: Path, train_set: str, dirs: dict[str, Path], draws: int) -> dict[str, dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from contextlib import nullcontext
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -49,19 +50,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
     trainer = Trainer(cfg, device=device, rank=rank, world_size=context.get_world_size(), state=state,
                       wrap_model=lambda model: ray.train.torch.prepare_model(
                           model, parallel_strategy_kwargs={"find_unused_parameters": unused}))
-    writer = EpochWriter(loop_config["run_dir"], trainer) if rank == 0 else None
-    while not trainer.done:
-        metrics = trainer.run_epoch()
-        if writer is None:
-            ray.train.report(metrics)  # every rank reports: it is a barrier
-            continue
-        log_epoch(metrics, cfg.train.epochs)
-        writer.write(metrics)
-        with tempfile.TemporaryDirectory(prefix="hpe-ray-ckpt-") as directory:
-            trainer.save(directory, metrics)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-    if writer is not None:
-        writer.close()
+    # Closed (events flushed) also when an epoch fails.
+    with EpochWriter(loop_config["run_dir"], trainer) if rank == 0 else nullcontext() as writer:
+        while not trainer.done:
+            metrics = trainer.run_epoch()
+            if writer is None:
+                ray.train.report(metrics)  # every rank reports: it is a barrier
+                continue
+            log_epoch(metrics, cfg.train.epochs)
+            writer.write(metrics)
+            with tempfile.TemporaryDirectory(prefix="hpe-ray-ckpt-") as directory:
+                trainer.save(directory, metrics)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
 def make_trainer(cfg: Config, *, run_name: str, storage_path: str | Path,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from hpe_ray.data.stream import load_pose_arrays
-from hpe_ray.metrics import base_action, mpjpe, pa_mpjpe, per_action_table, spearman
+from hpe_ray.metrics import base_action, mpjpe, pa_mpjpe, per_action_table, summarize_hypotheses
 from hpe_ray.normalization import root_relative
 from hpe_ray.training.checkpoint import LoadedCheckpoint, load_checkpoint
 from hpe_ray.training.data import array_batches, eval_loader, to_device
@@ -47,15 +47,8 @@ class EvalResult:
     tables: dict[str, dict[str, float]]
 
     def hypothesis_summary(self) -> dict[str, float]:
-        """Over all samples: mean hypothesis spread and bone-length spread (mm), the share of
-        joints inside the 90 % radius, and the Spearman correlation of each sample's spread with
-        its error (does the model know when it is unsure?). Empty for K = 1."""
-        if self.hypotheses < 2:
-            return {}
-        return {"spread_mm": float(self.errors["hypothesis_spread"].mean()),
-                "bone_length_spread_mm": float(self.errors["bone_length_spread"].mean()),
-                "coverage_90": float(self.errors["coverage_90"].mean()),
-                "spearman_spread_error": spearman(self.errors["hypothesis_spread"], self.errors["mpjpe"])}
+        """`hpe_ray.metrics.summarize_hypotheses` of the per-sample values; empty for K = 1."""
+        return summarize_hypotheses(self.errors) if self.hypotheses > 1 else {}
 
 
 def evaluate_checkpoint(checkpoint, data_dir: str | Path, *, split: str = "test", hypotheses: int = 1,

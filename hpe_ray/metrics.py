@@ -129,6 +129,44 @@ def spearman(x, y) -> float:
     return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
 
 
+# ---------------------------------------------------------------- per-sample errors of a prediction
+
+# Name -> per-sample value (...) of a mean prediction (..., J, 3), K hypotheses (..., K, J, 3) and
+# the truth (..., J, 3), all mm: the columns of `pose_errors`.
+POSE_ERRORS = {
+    "mpjpe": lambda mean, hypotheses, truth: mpjpe(mean, truth),
+    "pa_mpjpe": lambda mean, hypotheses, truth: pa_mpjpe(mean, truth),
+    "mpjpe_best_of_k": lambda mean, hypotheses, truth: best_of_k(mpjpe(hypotheses, _repeat(truth, hypotheses))),
+    "pa_mpjpe_best_of_k": lambda mean, hypotheses, truth: best_of_k(pa_mpjpe(hypotheses, _repeat(truth, hypotheses))),
+    "hypothesis_spread": lambda mean, hypotheses, truth: hypothesis_spread(hypotheses),
+    "bone_length_spread": lambda mean, hypotheses, truth: bone_length_spread(hypotheses),
+    "coverage_90": lambda mean, hypotheses, truth: radius_coverage(hypotheses, truth, 0.9),
+}
+
+
+def pose_errors(mean, hypotheses, truth, names=tuple(POSE_ERRORS)) -> dict:
+    """{name: per-sample value (...)} of `POSE_ERRORS` for `names` only (the best-of-K
+    Procrustes fits are the costly ones: validation asks for what it reports)."""
+    return {name: POSE_ERRORS[name](mean, hypotheses, truth) for name in names}
+
+
+def summarize_hypotheses(per_sample) -> dict[str, float]:
+    """Over all samples, from per-sample "hypothesis_spread", "bone_length_spread",
+    "coverage_90" and "mpjpe" (N,): mean spread and bone-length spread (mm), the share of
+    joints inside the 90 % radius, and the Spearman correlation of each sample's spread with its
+    error (does the model know when it is unsure?)."""
+    return {"spread_mm": float(per_sample["hypothesis_spread"].mean()),
+            "bone_length_spread_mm": float(per_sample["bone_length_spread"].mean()),
+            "coverage_90": float(per_sample["coverage_90"].mean()),
+            "spearman_spread_error": spearman(per_sample["hypothesis_spread"], per_sample["mpjpe"])}
+
+
+def _repeat(truth, hypotheses):
+    """truth (..., J, 3) broadcast to the hypotheses' (..., K, J, 3)."""
+    xp = array_module(hypotheses)
+    return xp.broadcast_to(truth[..., None, :, :], hypotheses.shape) if xp is np else truth[..., None, :, :].expand_as(hypotheses)
+
+
 def per_action_table(errors, actions) -> dict[str, float]:
     """Mean error per action plus "Average", the unweighted mean over actions.
 

@@ -104,10 +104,9 @@ def compute_stats(keypoints_2d_px, pose_3d_cam_mm, focal_px, center_px, mode_2d:
     if len(keypoints_2d_px) == 0 or len(keypoints_2d_px) != len(pose_3d_cam_mm):
         raise ValueError("hpe_ray.normalization.compute_stats: need the same non-zero number of 2D and 3D "
                          f"poses, got {len(keypoints_2d_px)} and {len(pose_3d_cam_mm)}")
-    features_3d = drop_root(root_relative(pose_3d_cam_mm))
     if mode_2d == "scaled":
-        return NormStats(np.zeros((NUM_JOINTS - 1, 2)), np.ones((NUM_JOINTS - 1, 2)), features_3d.mean(0),
-                         np.maximum(features_3d.std(0), STD_EPSILON), "scaled")
+        return without_2d_scores(compute_stats(keypoints_2d_px, pose_3d_cam_mm, focal_px, center_px, "camera"))
+    features_3d = drop_root(root_relative(pose_3d_cam_mm))
     features_2d = _features_2d(keypoints_2d_px, focal_px, center_px, mode_2d)
     return NormStats(
         mean_2d=features_2d.mean(0), std_2d=np.maximum(features_2d.std(0), STD_EPSILON),

@@ -1,10 +1,12 @@
-"""Shared test fixtures: a tiny synthetic dataset and a tiny lifting model trained by the\ntraining core in this process (no Ray)."""
+"""Shared test fixtures: a tiny synthetic dataset, a tiny lifting model trained by the training
+core in this process (no Ray), and random camera-frame poses for hand-made batches."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from hpe_ray.config import Config
 from hpe_ray.data.shards import write_shards
@@ -13,6 +15,28 @@ from hpe_ray.training.checkpoint import CHECKPOINT_FILE
 from hpe_ray.training.loop import EPOCH_DIR, fit
 
 TINY_ACTIONS = ("Walking", "Sitting", "Greeting")
+H36M_INTRINSICS_VECTOR = [1145.0, 1144.0, 512.5, 515.5, -0.2, 0.25, -0.003, -0.001, -0.0014]
+
+
+def camera_poses_mm(n: int, seed: int = 0) -> torch.Tensor:
+    """(n, 17, 3) camera-frame mm: random joints around a root 4-5 m in front of the camera,
+    thorax above the pelvis (camera y points down), right hip on the camera's left (a person
+    facing the camera)."""
+    g = torch.Generator().manual_seed(seed)
+    body = torch.randn(n, 17, 3, generator=g, dtype=torch.float64) * 200
+    body[:, 0] = 0
+    body[:, 8] = torch.tensor([0.0, -500.0, 0.0], dtype=torch.float64)
+    body[:, 1] = torch.tensor([-100.0, 0.0, 0.0], dtype=torch.float64)
+    body[:, 4] = torch.tensor([100.0, 0.0, 0.0], dtype=torch.float64)
+    root = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) * 400 - 200,
+                        torch.rand(n, generator=g, dtype=torch.float64) * 200 - 100,
+                        4000 + torch.rand(n, generator=g, dtype=torch.float64) * 1000], -1)
+    return (body + root[:, None]).float()
+
+
+def h36m_intrinsics(n: int) -> torch.Tensor:
+    """(n, 9) intrinsics vectors of one Human3.6M camera (distortion included)."""
+    return torch.tensor(H36M_INTRINSICS_VECTOR).expand(n, 9).clone()
 
 
 def write_tiny_dataset(out_dir: Path, image_size: int | None = None) -> Path:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import camera_poses_mm, h36m_intrinsics
 from hpe_ray.camera import project_to_pixels
 from hpe_ray.config import Config
 from hpe_ray.data.augment import (augment_views, body_frames, keypoint_noise, random_bone_scales,
@@ -14,37 +15,17 @@ from hpe_ray.data.augment import (augment_views, body_frames, keypoint_noise, ra
                                   virtual_camera_views)
 from hpe_ray.skeleton import LEFT_JOINTS, RIGHT_JOINTS, bone_lengths
 
-H36M_INTRINSICS_VECTOR = [1145.0, 1144.0, 512.5, 515.5, -0.2, 0.25, -0.003, -0.001, -0.0014]
 RANGES = dict(distance_mm=(2000.0, 8000.0), elevation_deg=(-10.0, 40.0), field_of_view_deg=(25.0, 90.0))
 
 
-def _poses(n: int, seed: int = 0) -> torch.Tensor:
-    """(n, 17, 3) camera-frame mm: random joints around a root 4-5 m in front of the camera,
-    thorax above the pelvis (camera y points down), right hip on the camera's left."""
-    g = torch.Generator().manual_seed(seed)
-    body = torch.randn(n, 17, 3, generator=g, dtype=torch.float64) * 200
-    body[:, 0] = 0
-    body[:, 8] = torch.tensor([0.0, -500.0, 0.0], dtype=torch.float64)
-    body[:, 1] = torch.tensor([-100.0, 0.0, 0.0], dtype=torch.float64)
-    body[:, 4] = torch.tensor([100.0, 0.0, 0.0], dtype=torch.float64)
-    root = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) * 400 - 200,
-                        torch.rand(n, generator=g, dtype=torch.float64) * 200 - 100,
-                        4000 + torch.rand(n, generator=g, dtype=torch.float64) * 1000], -1)
-    return (body + root[:, None]).float()
-
-
-def _intrinsics(n: int) -> torch.Tensor:
-    return torch.tensor(H36M_INTRINSICS_VECTOR).expand(n, 9).clone()
-
-
 def test_body_frame_of_a_person_facing_the_camera():
-    frames = body_frames(_poses(1))[0]
+    frames = body_frames(camera_poses_mm(1))[0]
     # right: towards the right hip (camera -x); up: camera -y; forward: towards the camera (-z).
     torch.testing.assert_close(frames, torch.tensor([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]]).T)
 
 
 def test_convention_shift_moves_only_the_named_joints_hand_values():
-    pose = _poses(1)
+    pose = camera_poses_mm(1)
     offsets = torch.zeros(1, 6, 3)
     offsets[0, 3] = torch.tensor([0.0, 10.0, 20.0])   # head top: 10 mm up, 20 mm forward
     offsets[0, 4] = torch.tensor([30.0, 0.0, 0.0])    # hips: 30 mm wider each
@@ -60,7 +41,7 @@ def test_convention_shift_moves_only_the_named_joints_hand_values():
 
 
 def test_scale_bones_keeps_directions_and_moves_children_along():
-    pose = _poses(2)
+    pose = camera_poses_mm(2)
     scales = torch.ones(2, 16)
     scales[:, 1] = 2.0  # bone 1 ends at the right knee
     out = scale_bones(pose, scales)
@@ -80,7 +61,7 @@ def test_random_bone_scales_are_symmetric_and_in_range():
 
 
 def test_virtual_camera_views_is_a_rigid_motion_seen_by_a_consistent_camera():
-    poses, intrinsics = _poses(256), _intrinsics(256)
+    poses, intrinsics = camera_poses_mm(256), h36m_intrinsics(256)
     keypoints_px, poses_new, intrinsics_new = virtual_camera_views(poses, intrinsics, torch.Generator().manual_seed(1),
                                                                    **RANGES)
     # Rigid: every distance between joints is kept.
@@ -100,8 +81,8 @@ def test_virtual_camera_views_is_a_rigid_motion_seen_by_a_consistent_camera():
 def test_virtual_camera_elevation_tips_the_body_away_hand_value():
     """Seen from 30 degrees above, the body's up axis (0, -1, 0) becomes (., -cos 30, -sin 30):
     the roll (about z) and the turn (about the vertical) leave its z component alone."""
-    poses = _poses(64)
-    _, poses_new, _ = virtual_camera_views(poses, _intrinsics(64), torch.Generator().manual_seed(2),
+    poses = camera_poses_mm(64)
+    _, poses_new, _ = virtual_camera_views(poses, h36m_intrinsics(64), torch.Generator().manual_seed(2),
                                            distance_mm=(4000.0, 4000.0), elevation_deg=(30.0, 30.0),
                                            field_of_view_deg=(60.0, 60.0))
     up = poses_new[:, 8] - poses_new[:, 0]
@@ -110,7 +91,7 @@ def test_virtual_camera_elevation_tips_the_body_away_hand_value():
 
 
 def test_keypoint_noise_scales_with_the_pose_height():
-    keypoints = project_to_pixels(_poses(2000), _intrinsics(2000))
+    keypoints = project_to_pixels(camera_poses_mm(2000), h36m_intrinsics(2000))
     assert torch.equal(keypoint_noise(keypoints, 0.0, torch.Generator().manual_seed(0)), keypoints)
     noisy = keypoint_noise(keypoints, 0.02, torch.Generator().manual_seed(0))
     height_px = keypoints[..., 1].amax(-1) - keypoints[..., 1].amin(-1)
@@ -120,7 +101,7 @@ def test_keypoint_noise_scales_with_the_pose_height():
 
 
 def test_augment_views_off_is_the_identity_and_on_stays_consistent():
-    poses, intrinsics = _poses(64), _intrinsics(64)
+    poses, intrinsics = camera_poses_mm(64), h36m_intrinsics(64)
     keypoints = project_to_pixels(poses, intrinsics) + 3.0  # "detector" 2D that is not a projection
     off = Config().with_overrides({"data.virtual_camera_fraction": 0.0, "data.augment.bone_fraction": 0.0,
                                    "data.augment.convention_fraction": 0.0, "data.augment.flip": 0.0}).data

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import camera_poses_mm, h36m_intrinsics
 from hpe_ray.camera import most_common_camera, project_to_pixels
 from hpe_ray.config import Config, absolute_paths
 from hpe_ray.data.batch import pose_batch
@@ -19,22 +20,6 @@ from hpe_ray.rotation import rotation_about_axis
 from hpe_ray.training.checkpoint import CHECKPOINT_FILE, best_checkpoint_dir, load_checkpoint, save_checkpoint
 from hpe_ray.training.data import rank_slice, steps_per_epoch
 from hpe_ray.training.loop import batch_errors, lr_factor
-
-H36M_INTRINSICS_VECTOR = [1145.0, 1144.0, 512.5, 515.5, -0.2, 0.25, -0.003, -0.001, -0.0014]
-
-
-def _poses(n: int, seed: int = 0) -> torch.Tensor:
-    """(n, 17, 3) camera-frame mm: random joints around a root 4-5 m in front of the camera,
-    thorax above the pelvis (camera y points down)."""
-    g = torch.Generator().manual_seed(seed)
-    body = torch.randn(n, 17, 3, generator=g, dtype=torch.float64) * 200
-    body[:, 0] = 0
-    body[:, 8] = torch.tensor([0.0, -500.0, 0.0], dtype=torch.float64)
-    root = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) * 400 - 200,
-                        torch.rand(n, generator=g, dtype=torch.float64) * 200 - 100,
-                        4000 + torch.rand(n, generator=g, dtype=torch.float64) * 1000], -1)
-    return (body + root[:, None]).float()
-
 
 def _unit_stats() -> NormStats:
     return NormStats(np.zeros((16, 2)), np.ones((16, 2)), np.zeros((16, 3)), np.ones((16, 3)), "camera")
@@ -75,8 +60,8 @@ def test_lr_factor_hand_values():
 
 
 def test_pose_batch_matches_the_normalisation_functions():
-    poses = _poses(5)
-    intrinsics = torch.tensor(H36M_INTRINSICS_VECTOR).expand(5, 9).clone()
+    poses = camera_poses_mm(5)
+    intrinsics = h36m_intrinsics(5)
     keypoints = project_to_pixels(poses, intrinsics)
     stats = _unit_stats()
     batch = pose_batch(keypoints, poses, intrinsics, stats)
@@ -103,7 +88,7 @@ def test_prediction_puts_the_root_back_and_best_of_k_never_loses():
     torch.manual_seed(0)
     model = build_model(_tiny_cfg()).eval()
     stats = _unit_stats()
-    poses, intrinsics = _poses(6), torch.tensor(H36M_INTRINSICS_VECTOR).expand(6, 9).clone()
+    poses, intrinsics = camera_poses_mm(6), h36m_intrinsics(6)
     batch = pose_batch(project_to_pixels(poses, intrinsics), poses, intrinsics, stats)
     torch.manual_seed(1)
     mean_mm, samples_mm = predict_pose_3d_mm(model, batch["pose_2d"], "pose2d", stats, hypotheses=4)
@@ -221,24 +206,14 @@ def lifting_run(ray_cluster, pose_shards, tmp_path_factory):
     return cfg, run_training(cfg)
 
 
-def _mean_pose_val_mpjpe(data_dir: Path) -> float:
-    """The error of always answering the training split's mean root-relative pose."""
-    from hpe_ray.data.stream import load_pose_arrays
-    from hpe_ray.metrics import mpjpe
-    from hpe_ray.normalization import root_relative
-
-    train, val = load_pose_arrays(data_dir, "train"), load_pose_arrays(data_dir, "val")
-    mean_pose = root_relative(train.pose_3d_cam_mm).mean(0)
-    truth = root_relative(val.pose_3d_cam_mm)
-    return float(mpjpe(np.broadcast_to(mean_pose, truth.shape), truth).mean())
-
-
 @pytest.mark.slow
 def test_lifting_with_two_workers_beats_the_mean_pose(lifting_run, pose_shards):
     cfg, result = lifting_run
     assert result.error is None
     metrics = result.metrics
-    baseline_mm = _mean_pose_val_mpjpe(pose_shards)
+    from hpe_ray.evaluate import mean_pose_tables
+
+    baseline_mm = mean_pose_tables(pose_shards, "val")["MPJPE (P1)"]["Average"]  # answering the training mean pose
     assert metrics["epoch"] == 4
     assert metrics["val_mpjpe"] < 0.6 * baseline_mm, (metrics["val_mpjpe"], baseline_mm)
     assert metrics["val_pa_mpjpe"] <= metrics["val_mpjpe"]

@@ -10,6 +10,7 @@ as the training loop uses them; the pieces are public for tests and benchmarks.
 from __future__ import annotations
 
 import math
+
 import torch
 
 from hpe_ray.camera import project_to_pixels
@@ -106,11 +107,11 @@ def virtual_camera_views(pose_3d_cam_mm: torch.Tensor, intrinsics: torch.Tensor,
                          field_of_view_deg: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The same bodies seen by random virtual cameras: (keypoints_2d_px, pose_3d_cam_mm, intrinsics).
 
-    pose_3d_cam_mm (N, 17, 3) camera mm, root kept; intrinsics (N, 9). The ranges (the config's
-    data.augment defaults are those of real rigs: lab cameras 2-8 m away looking down by up to
-    40 degrees, consumer lenses of 25-90 degree horizontal field of view). Each body turns through a random angle
-    about the camera's vertical axis (its lean is kept), is seen from a random elevation and
-    roll, and its root is put at a random distance in a random direction within the frame of a
+    pose_3d_cam_mm (N, 17, 3) camera mm, root kept; intrinsics (N, 9); the ranges as (low, high)
+    (the data.augment defaults are those of real rigs: lab cameras 2-8 m away looking down by up
+    to 40 degrees, consumer lenses of 25-90 degree horizontal field of view). Each body turns
+    through a random angle about the camera's vertical axis (its lean is kept), is seen from a
+    random elevation and roll, and its root is put at a random distance in a random direction within the frame of a
     lens with a random field of view (focal length from the image width, taken as twice the
     principal point's x). Distortion and principal point stay the sample's.
     """

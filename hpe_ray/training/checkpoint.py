@@ -130,8 +130,13 @@ def best_checkpoint_dir(run_dir: str | Path) -> Path:
 
     def rank(directory: Path) -> tuple[float, int]:
         metrics_file = directory / METRICS_FILE
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        error = float(metrics.get(RANKING_METRIC, math.inf))
-        return (error if math.isfinite(error) else math.inf, -int(metrics.get("epoch", -1)))
+        return checkpoint_rank(json.loads(metrics_file.read_text()) if metrics_file.is_file() else {})
 
     return min(candidates, key=rank)
+
+
+def checkpoint_rank(metrics: dict) -> tuple[float, int]:
+    """Sort key of a checkpoint's metrics, best first: lowest val_mpjpe (missing or not finite:
+    last), then the latest epoch."""
+    error = float(metrics.get(RANKING_METRIC, math.inf))
+    return (error if math.isfinite(error) else math.inf, -int(metrics.get("epoch", -1)))

@@ -59,17 +59,19 @@ def verify_training_data(cfg: Config) -> None:
         verify_shards(cfg.data.dir, ["train", "val"], on_error=cfg.data.on_error)
 
 
-def train_batches(cfg: Config, stats: NormStats, rank: int, world_size: int,
-                  device: torch.device) -> tuple[int, EpochBatches]:
-    """(steps per epoch, epoch -> this rank's batches) of the train split."""
+def train_batches(cfg: Config, stats: NormStats, rank: int, world_size: int, device: torch.device,
+                  arrays: PoseArrays | None) -> tuple[int, EpochBatches]:
+    """(steps per epoch, epoch -> this rank's batches) of the train split. arrays: the split's
+    poses, which in-memory lifting trains on (the caller has read them; streaming ignores them)."""
     if streams_shards(cfg):
         return _streaming_train(cfg, stats, rank, world_size)
-    return _in_memory_train(cfg, stats, rank, world_size, device)
+    if arrays is None:
+        raise ValueError("in-memory lifting needs the train split's pose arrays")
+    return _in_memory_train(cfg, arrays, stats, rank, world_size, device)
 
 
-def _in_memory_train(cfg: Config, stats: NormStats, rank: int, world_size: int,
+def _in_memory_train(cfg: Config, arrays: PoseArrays, stats: NormStats, rank: int, world_size: int,
                      device: torch.device) -> tuple[int, EpochBatches]:
-    arrays = load_pose_arrays(cfg.data.dir, "train", on_error=cfg.data.on_error)
     keypoints_2d_px, pose_3d_cam_mm, intrinsics = (
         torch.as_tensor(np.asarray(a, np.float32), device=device)
         for a in (arrays.keypoints_2d_px, arrays.pose_3d_cam_mm, arrays.intrinsics))

@@ -26,13 +26,12 @@ from hpe_ray.camera import most_common_camera
 from hpe_ray.config import Config, TrainConfig
 from hpe_ray.data.batch import Batch
 from hpe_ray.data.stream import load_pose_arrays, load_stats
-from hpe_ray.metrics import (best_of_k, bone_length_spread, hypothesis_spread, mpjpe, pa_mpjpe,
-                             radius_coverage)
+from hpe_ray.metrics import POSE_ERRORS, pose_errors
 from hpe_ray.models import (BATCH_KEY, DEFAULT_RECON_KIND, best_of_k_loss, build_model, make_beta_schedule,
                             pair_loss, predict_pose_3d_mm, reprojection_loss)
 from hpe_ray.normalization import NormStats, denormalize_3d
-from hpe_ray.training.checkpoint import METRICS_FILE, RANKING_METRIC, read_checkpoint_state, save_checkpoint
-from hpe_ray.training.data import to_device, train_batches, val_batches
+from hpe_ray.training.checkpoint import METRICS_FILE, checkpoint_rank, read_checkpoint_state, save_checkpoint
+from hpe_ray.training.data import streams_shards, to_device, train_batches, val_batches
 from hpe_ray.training.tensorboard import EpochWriter
 
 logger = logging.getLogger(__name__)
@@ -58,24 +57,17 @@ def evaluation_modality(cfg: Config) -> str:
     return "pose2d" if "pose2d" in encoders else "rgb"
 
 
-def batch_errors(model: torch.nn.Module, batch: Batch, modality: str, stats: NormStats,
-                 hypotheses: int) -> dict[str, torch.Tensor]:
-    """Per-sample values (B,) in mm, 17 joints, root at zero: Protocol 1 ("mpjpe") and 2
-    ("pa_mpjpe") errors of the mean decoding, both as best of K hypotheses, and how the K
-    hypotheses scatter (`hpe_ray.metrics`: spread, bone-length spread, share of joints inside
-    the 90 % radius)."""
+# What validation reports each epoch (the rest of POSE_ERRORS is for `evaluate`).
+VALIDATION_ERRORS = ("mpjpe", "pa_mpjpe", "mpjpe_best_of_k")
+
+
+def batch_errors(model: torch.nn.Module, batch: Batch, modality: str, stats: NormStats, hypotheses: int,
+                 names: tuple[str, ...] = tuple(POSE_ERRORS)) -> dict[str, torch.Tensor]:
+    """Per-sample values (B,) in mm, 17 joints, root at zero, of `hpe_ray.metrics.POSE_ERRORS`
+    (`names` only): Protocol 1 ("mpjpe") and 2 ("pa_mpjpe") errors of the mean decoding, both as
+    best of K hypotheses, and how the K hypotheses scatter."""
     mean_mm, samples_mm = predict_pose_3d_mm(model, batch[BATCH_KEY[modality]], modality, stats, hypotheses)
-    truth_mm = batch["pose_3d_cam_mm"].float()
-    truth_k = truth_mm[:, None].expand_as(samples_mm)
-    return {
-        "mpjpe": mpjpe(mean_mm, truth_mm),
-        "pa_mpjpe": pa_mpjpe(mean_mm, truth_mm),
-        "mpjpe_best_of_k": best_of_k(mpjpe(samples_mm, truth_k)),
-        "pa_mpjpe_best_of_k": best_of_k(pa_mpjpe(samples_mm, truth_k)),
-        "hypothesis_spread": hypothesis_spread(samples_mm),
-        "bone_length_spread": bone_length_spread(samples_mm),
-        "coverage_90": radius_coverage(samples_mm, truth_mm, 0.9),
-    }
+    return pose_errors(mean_mm, samples_mm, batch["pose_3d_cam_mm"].float(), names)
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -99,10 +91,10 @@ def validate(model: torch.nn.Module, batches: Iterable[dict], modality: str, sta
     """Validation errors over all ranks (sums and counts all-reduced), mm."""
     model.eval()
     _broadcast_buffers(model)
-    names = ("mpjpe", "pa_mpjpe", "mpjpe_best_of_k")
+    names = VALIDATION_ERRORS
     sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=device)
     for batch in batches:
-        errors = batch_errors(model, to_device(batch, device), modality, stats, hypotheses)
+        errors = batch_errors(model, to_device(batch, device), modality, stats, hypotheses, names)
         sums[:-1] += torch.stack([errors[k].sum().double() for k in names])
         sums[-1] += len(errors["mpjpe"])
     _all_reduce_sum(sums)
@@ -190,7 +182,10 @@ class Trainer:
             raise ValueError("data.in_memory: 'always' keeps poses only; this model uses images (rgb pairs)")
         self.modality = evaluation_modality(cfg)
         self.stats = NormStats.from_dict(state["stats"]) if state else load_stats(cfg.data.dir, mode_2d=cfg.data.mode_2d)
-        steps, self._train_batches = train_batches(cfg, self.stats, rank, world_size, self.device)
+        # Read once: in-memory lifting trains on these poses, and rank 0 takes its camera from them.
+        arrays = (load_pose_arrays(cfg.data.dir, "train", on_error=cfg.data.on_error)
+                  if rank == 0 or not streams_shards(cfg) else None)
+        steps, self._train_batches = train_batches(cfg, self.stats, rank, world_size, self.device, arrays)
         self.val_batches = val_batches(cfg, self.stats, self.modality, rank, world_size, self.device)
 
         model = build_model(cfg).to(self.device)
@@ -209,8 +204,7 @@ class Trainer:
                                           cfg.train.epochs * steps, beta.ratio)
         # [fx, fy, cx, cy] px of the commonest training camera: what `predict` assumes for keypoints
         # that come without intrinsics, kept in the checkpoint so inference needs no dataset.
-        self.train_camera = (np.concatenate(most_common_camera(load_pose_arrays(cfg.data.dir, "train").intrinsics))
-                             .tolist() if rank == 0 else None)
+        self.train_camera = np.concatenate(most_common_camera(arrays.intrinsics)).tolist() if rank == 0 else None
 
     @property
     def done(self) -> bool:
@@ -287,7 +281,7 @@ def _prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Keep the `keep` best by val_mpjpe and the latest (what a resume needs)."""
     done = _epoch_dirs(run_dir)
     latest = max(done, key=lambda item: item[0]["epoch"])[1]
-    ranked = sorted(done, key=lambda item: item[0].get(RANKING_METRIC, math.inf))
+    ranked = sorted(done, key=lambda item: checkpoint_rank(item[0]))
     kept = {directory for _, directory in ranked[:keep]} | {latest}
     for _, directory in done:
         if directory not in kept:
