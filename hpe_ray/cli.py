@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+
+from hpe_ray.camera import DEFAULT_FOV_DEG
+from hpe_ray.inference.formats import DEFAULT_MIN_SCORE
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -85,11 +90,11 @@ def _load_config(args: argparse.Namespace):
     overrides = _parse_overrides(args.set)
     if getattr(args, "data", None):
         overrides["data.dir"] = args.data
-    if getattr(args, "workers", None):
+    if getattr(args, "workers", None) is not None:
         overrides["scaling.workers"] = args.workers
     if getattr(args, "gpus_per_worker", None) is not None:
         overrides["scaling.gpus_per_worker"] = args.gpus_per_worker
-    if getattr(args, "epochs", None):
+    if getattr(args, "epochs", None) is not None:
         overrides["train.epochs"] = args.epochs
     if getattr(args, "name", None):
         overrides["run.name"] = args.name
@@ -156,8 +161,11 @@ def _cmd_viz(args: argparse.Namespace) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     from hpe_ray.inference import predict_file
 
-    print(predict_file(args.checkpoint, args.input, args.output, hypotheses=args.hypotheses,
-                       images_dir=args.images, keypoint_format=args.format))
+    focal = None if args.focal is None else (args.focal * 2)[:2]
+    print(predict_file(args.checkpoint, args.input, args.out, hypotheses=args.hypotheses,
+                       images_dir=args.images, keypoint_format=args.format, focal_px=focal, center_px=args.center,
+                       image_size_px=args.image_size, fov_deg=args.fov, min_score=args.min_score,
+                       smooth_frames=args.smooth, fps=args.fps, formats=("npz", *args.also)))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -177,127 +185,159 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- parser
 
 def _add(sub, name: str, func: Callable, help: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help)
+    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(func=func)
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hpe_ray import __version__
+
     parser = argparse.ArgumentParser(prog="hpe-ray", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hpe-ray {__version__}")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true",
+                          help="debug logging, and a traceback with errors (or HPE_RAY_LOG_LEVEL=DEBUG)")
+    loudness.add_argument("-q", "--quiet", action="store_true",
+                          help="warnings and results only; Ray Tune's per-trial tables off (or HPE_RAY_LOG_LEVEL=WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="generate or convert datasets into WebDataset shards")
+    data = sub.add_parser("data", help="generate or convert datasets into WebDataset shards",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = _add(dsub, "synth", _cmd_data_synth, "generate the embedded synthetic default dataset")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--out", required=True, help="dataset folder to write (shards, *-poses.npz, manifest.json, stats.json)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--sequences", type=int, help="sequences per action and subject (default 4)")
     p.add_argument("--frames", type=int, help="frames per sequence (default 20)")
     p.add_argument("--frame-step", type=int, help="frames at 50 fps between samples (default 10)")
     p.add_argument("--image-size", type=int, help="crop size in px (default 256); 0 = poses only")
-    p.add_argument("--cameras", choices=["h36m", "virtual"],
+    p.add_argument("--cameras", choices=["h36m", "virtual"], default=None,
                    help="h36m: the 4 Human3.6M-like cameras (default); virtual: random unseen views")
     p.add_argument("--virtual-cameras", type=int, help="views per sequence with --cameras virtual (default 4)")
     p.add_argument("--shard-size", type=int, default=2000, help="samples per shard")
     p.add_argument("--workers", type=int, default=2, help="processes for rendering")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
 
     p = _add(dsub, "h36m", _cmd_data_h36m, "convert Human3.6M (VideoPose3D npz, MMPose npz, original release)")
-    p.add_argument("--format", required=True, choices=["videopose3d", "mmpose", "original"])
+    p.add_argument("--format", required=True, choices=["videopose3d", "mmpose", "original"],
+                   help="which release of Human3.6M the input is")
     p.add_argument("--input", required=True, nargs="+",
                    help="videopose3d: data_3d.npz [data_2d.npz]; mmpose: annotation npz files; original: release root")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="dataset folder to write (shards, *-poses.npz, manifest.json, stats.json)")
     p.add_argument("--extrinsics", help="camera extrinsics JSON (world-frame 3D; see hpe_ray.data.h36m.read_extrinsics)")
     p.add_argument("--cameras", help="MMPose cameras.pkl (default: the public Human3.6M intrinsics)")
     p.add_argument("--image-size", type=int, default=0, help="original release: crop size in px; 0 = poses only")
     p.add_argument("--frame-step", type=int, default=5, help="keep every n-th frame (50 fps source)")
     p.add_argument("--val-subjects", nargs="*", help="default S8 (taken from the training subjects)")
-    p.add_argument("--shard-size", type=int, default=2000)
-    p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--shard-size", type=int, default=2000, help="samples per shard")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="raise: stop at the first bad sample, naming it; skip: leave it out and count it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
 
     p = _add(dsub, "bvh", _cmd_data_bvh, "convert BVH motion capture, projected through virtual cameras")
     p.add_argument("--input", required=True, nargs="+", help="folders of .bvh files or single files")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="dataset folder to write (shards, *-poses.npz, manifest.json, stats.json)")
     p.add_argument("--skeleton", default="auto", help="joint map: auto, bandai-namco, cmu")
     p.add_argument("--fps", type=float, default=30.0, help="resample to this frame rate")
-    p.add_argument("--cameras", choices=["h36m", "virtual"], default="h36m")
+    p.add_argument("--cameras", choices=["h36m", "virtual"], default="h36m",
+                   help="h36m: the 4 Human3.6M-like cameras; virtual: random views per clip")
     p.add_argument("--virtual-cameras", type=int, default=4, help="views per clip with --cameras virtual")
     p.add_argument("--image-size", type=int, default=0, help="crop size in px; 0 = poses only")
     p.add_argument("--val-styles", nargs="*", help="Bandai-Namco: styles held out for validation (default tired)")
     p.add_argument("--test-styles", nargs="*", help="Bandai-Namco: styles held out for test (default angry old)")
     p.add_argument("--split", default="test", help="other BVH sets: the split all clips go to")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-size", type=int, default=2000)
-    p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of the virtual cameras")
+    p.add_argument("--shard-size", type=int, default=2000, help="samples per shard")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="raise: stop at the first bad sample, naming it; skip: leave it out and count it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
 
     p = _add(dsub, "summary", _cmd_data_summary, "print a dataset's counts, subjects, actions and shard sizes")
-    p.add_argument("dir")
+    p.add_argument("dir", help="dataset folder")
     p = _add(dsub, "verify", _cmd_data_verify, "read every shard and report bad samples")
-    p.add_argument("dir")
-    p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
+    p.add_argument("dir", help="dataset folder")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="raise: stop at the first bad sample, naming it; skip: leave it out and count it")
 
     p = _add(sub, "train", _cmd_train, "train with Ray Train (resumes a run of the same name)")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="config YAML (see configs/)")
     p.add_argument("--data", help="shard directory (overrides data.dir)")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--gpus-per-worker", type=float)
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--workers", type=int, help="Ray Train workers (overrides scaling.workers)")
+    p.add_argument("--gpus-per-worker", type=float, help="overrides scaling.gpus_per_worker")
+    p.add_argument("--epochs", type=int, help="overrides train.epochs")
     p.add_argument("--name", help="run name (overrides run.name)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set model.latent_dim=32 (repeatable)")
     p.add_argument("--restart", action="store_true", help="ignore an existing run of this name")
 
     p = _add(sub, "evaluate", _cmd_evaluate, "Protocol 1 and 2 tables per action for a checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, checkpoint folder or run folder (its best checkpoint)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate")
     p.add_argument("--hypotheses", type=int, default=1, help="K for best-of-K sampling")
-    p.add_argument("--modality", choices=["pose2d", "rgb"], default="pose2d")
-    p.add_argument("--out", help="folder for CSV and Markdown tables")
+    p.add_argument("--modality", choices=["pose2d", "rgb"], default="pose2d", help="input: 2D keypoints or image crops")
+    p.add_argument("--out", help="folder for CSV and Markdown tables (default: evaluation/ beside the checkpoint)")
 
     p = _add(sub, "tune", _cmd_tune, "hyperparameter search with Ray Tune + Optuna + ASHA")
-    p.add_argument("--space", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--trials", type=int)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--space", required=True, help="search space YAML (see tune_spaces/)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--trials", type=int, help="number of trials (default: the space's num_samples)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment of this name")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     p.add_argument("--storage", help="experiment storage (shared filesystem on a cluster)")
     p.add_argument("--name", help="experiment name")
 
     p = _add(sub, "report", _cmd_report, "leaderboard and plots of a search")
-    p.add_argument("experiment_dir")
+    p.add_argument("experiment_dir", help="a search's experiment folder")
 
     p = _add(sub, "viz", _cmd_viz, "figures: predictions, latent (UMAP), errors")
-    p.add_argument("figure", choices=["predictions", "latent", "errors"])
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--n", type=int, default=25)
-    p.add_argument("--hypotheses", type=int, default=1)
-    p.add_argument("--n-neighbors", type=int, nargs="+", default=[5, 15, 50, 200])
-    p.add_argument("--max-points", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("figure", choices=["predictions", "latent", "errors"], help="which figure")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, checkpoint folder or run folder (its best checkpoint)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to draw from")
+    p.add_argument("--n", type=int, default=25, help="predictions: samples shown")
+    p.add_argument("--hypotheses", type=int, default=1, help="predictions: hypotheses drawn per sample")
+    p.add_argument("--n-neighbors", type=int, nargs="+", default=[5, 15, 50, 200], help="latent: UMAP n_neighbors, one panel each")
+    p.add_argument("--max-points", type=int, default=3000, help="latent: samples embedded")
+    p.add_argument("--seed", type=int, default=0, help="sample selection and UMAP seed")
     p.add_argument("--out", required=True, help="output file stem (PNG and PDF written)")
 
-    p = _add(sub, "predict", _cmd_predict, "lift 2D keypoints (or person crops) to 3D")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--input", help=".npz (keypoints_2d, focal, center) or COCO results .json")
+    p = _add(sub, "predict", _cmd_predict, "lift 2D keypoints (images or sequences) or person crops to 3D")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, checkpoint folder or run folder")
+    p.add_argument("--input", help="2D keypoints: COCO results or MMPose .json, OpenPose folder, VideoPose3D "
+                                    "custom .npz, .npz (keypoints_2d, ...) or .csv")
     p.add_argument("--images", help="folder of person crops for the RGB encoder")
-    p.add_argument("--output", required=True)
-    p.add_argument("--hypotheses", type=int, default=1)
-    p.add_argument("--format", default="auto", choices=["auto", "h36m", "coco"])
+    p.add_argument("--out", "--output", dest="out", required=True, help="output .npz; other formats go beside it")
+    p.add_argument("--also", nargs="+", default=[], choices=["json", "bvh"],
+                   help="also write a viewer JSON and/or a BVH per track (Blender: import with scale 0.01)")
+    p.add_argument("--hypotheses", type=int, default=1, help="K samples of the posterior per input besides the mean")
+    p.add_argument("--format", default="auto", choices=["auto", "h36m", "coco"],
+                   help="joint order of 17-joint files (auto: COCO for detector outputs, Human3.6M for .npz)")
+    p.add_argument("--focal", type=float, nargs="+", metavar="F", help="focal length in px (fx [fy])")
+    p.add_argument("--center", type=float, nargs=2, metavar=("CX", "CY"), help="principal point in px")
+    p.add_argument("--image-size", type=float, nargs=2, metavar=("W", "H"),
+                   help="frame size in px, for a camera derived with --fov when none is known")
+    p.add_argument("--fov", type=float, default=DEFAULT_FOV_DEG,
+                   help="field of view in degrees across the longer image side")
+    p.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE,
+                   help="detector confidence below which a joint is filled from neighbouring frames")
+    p.add_argument("--smooth", type=int, default=1, metavar="FRAMES",
+                   help="odd moving-average window over each track's 3D poses (1: off)")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate written into JSON and BVH")
 
     p = _add(sub, "export", _cmd_export, "export the 2D->3D lifter to TorchScript and ONNX")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--formats", nargs="+", default=["torchscript", "onnx"])
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, checkpoint folder or run folder (its best checkpoint)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--formats", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"],
+                   help="files to write")
 
     p = _add(sub, "demo", _cmd_demo, "the main job: default dataset + quick search + leaderboard + cross-modal stage")
-    p.add_argument("--data", default="data/synthetic")
-    p.add_argument("--out", default="runs")
-    p.add_argument("--space", default=str(Path(__file__).resolve().parents[1] / "tune_spaces" / "quick.yaml"))
-    p.add_argument("--trials", type=int)
+    p.add_argument("--data", default="data/synthetic", help="dataset folder (generated when missing)")
+    p.add_argument("--out", default="runs", help="folder for the search and the cross-modal run")
+    p.add_argument("--space", default=str(Path(__file__).resolve().parents[1] / "tune_spaces" / "quick.yaml"),
+                   help="search space YAML")
+    p.add_argument("--trials", type=int, help="number of trials (default: the space's num_samples)")
     p.add_argument("--crossmodal-config",
                    default=str(Path(__file__).resolve().parents[1] / "configs" / "crossmodal-demo.yaml"),
                    help="config of the cross-modal stage (RGB -> 3D beside 2D -> 3D); its image size is the dataset's")
@@ -305,15 +345,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_level(args: argparse.Namespace) -> int:
+    """-v / -q, else HPE_RAY_LOG_LEVEL (a logging level name), else INFO."""
+    if args.verbose:
+        return logging.DEBUG
+    if args.quiet:
+        return logging.WARNING
+    name = os.environ.get("HPE_RAY_LOG_LEVEL", "INFO").upper()
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        raise SystemExit(f"hpe-ray: error: HPE_RAY_LOG_LEVEL={name!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
+    return level
+
+
 def main(argv: list[str] | None = None) -> int:
     from hpe_ray.config import ConfigError
     from hpe_ray.data.sample import BadSampleError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    level = log_level(args)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
+    # Libraries and Ray's workers read it (Tune's progress tables follow it too).
+    os.environ["HPE_RAY_LOG_LEVEL"] = logging.getLevelName(level)
     try:
         args.func(args)
-    except (ConfigError, BadSampleError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, BadSampleError, FileNotFoundError, FileExistsError, ValueError) as err:
+        if level <= logging.DEBUG:
+            traceback.print_exc()
         print(f"hpe-ray: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

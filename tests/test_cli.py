@@ -44,3 +44,54 @@ def test_module_entry_point_shows_help():
     assert done.returncode == 0
     for command in ("data", "train", "evaluate", "tune", "report", "viz", "predict", "export", "demo"):
         assert command in done.stdout
+
+
+def test_version_and_every_flag_has_help_with_its_default():
+    from hpe_ray import __version__
+    from hpe_ray.cli import build_parser
+
+    done = subprocess.run([sys.executable, "-m", "hpe_ray", "--version"], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == f"hpe-ray {__version__}"
+    undocumented = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if hasattr(action, "choices") and isinstance(action.choices, dict) and action.nargs == "A...":
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not action.help and action.dest != "help":
+                undocumented.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "hpe-ray")
+    assert undocumented == []
+
+
+def test_zero_is_applied_not_ignored_and_named(tmp_path, capsys):
+    config = tmp_path / "ok.yaml"
+    config.write_text("{}\n")
+    assert main(["train", "--config", str(config), "--epochs", "0"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_one_line_and_a_traceback_only_with_verbose(tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"not a checkpoint at all")
+    keypoints = tmp_path / "k.npz"
+    import numpy as np
+
+    np.savez(keypoints, keypoints_2d=np.zeros((1, 17, 2)))
+    args = ["predict", "--checkpoint", str(checkpoint), "--input", str(keypoints), "--out", str(tmp_path / "o.npz")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hpe-ray: error: {checkpoint}: not a readable hpe-ray checkpoint")
+    assert len(err.splitlines()) == 1 and "weights_only=False" not in err
+    assert main(["-v", *args]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_a_misspelt_split_before_loading_anything(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--checkpoint", "x", "--data", "y", "--split", "tset"])
+    assert exit_.value.code == 2 and "invalid choice: 'tset'" in capsys.readouterr().err

@@ -39,7 +39,7 @@ from hpe_ray.data.render import crop_box_around, render_person
 from hpe_ray.data.sample import BadSampleError, PoseSample, make_key
 from hpe_ray.data.synthetic import H36M_LIKE_POSITIONS_MM, virtual_cameras_seeing
 from hpe_ray.rotation import axis_rotation
-from hpe_ray.skeleton import NUM_JOINTS
+from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,11 @@ CMU = JointMap(
     mm_per_unit=25.4 / 0.45,
 )
 
-JOINT_MAPS = {m.name: m for m in (BANDAI_NAMCO, CMU)}
+# What `hpe-ray predict` writes (hpe_ray.inference.outputs.write_bvh): the 17 joints under their
+# own names, cm, Y up, so predictions read back like any mocap clip.
+HPE_RAY = JointMap(name="hpe-ray", sources=JOINT_NAMES, mm_per_unit=10.0)
+
+JOINT_MAPS = {m.name: m for m in (BANDAI_NAMCO, CMU, HPE_RAY)}
 
 
 def with_virtual_sites(skeleton: BvhSkeleton, sites: Iterable[tuple[str, str, tuple[float, float, float]]],

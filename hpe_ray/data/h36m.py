@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from PIL import Image
 from hpe_ray.camera import (H36M_CAMERA_IDS, H36M_INTRINSICS, Extrinsics, Intrinsics, project_to_pixels,
                             world_to_camera)
 from hpe_ray.data.render import crop_box_around
+from hpe_ray.data.pickles import load_npz_object, load_pickle
 from hpe_ray.data.sample import BadSampleError, PoseSample, make_key
 from hpe_ray.skeleton import H36M32_TO_17, NUM_JOINTS
 
@@ -139,11 +139,7 @@ def _splits(samples: Callable[[tuple[str, ...]], Iterator[PoseSample]], val_subj
 
 def _load_pickled_dict(path: str | Path, key: str) -> dict:
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=True) as archive:
-            value = archive[key].item()
-    except (OSError, ValueError, KeyError) as err:
-        raise BadSampleError(f"{path}: cannot read key {key!r} of a VideoPose3D npz: {err}") from None
+    value = load_npz_object(path, key)
     if not isinstance(value, dict):
         raise BadSampleError(f"{path}: {key} must be a pickled dict subject -> sequence -> poses")
     return value
@@ -233,13 +229,12 @@ def read_mmpose_cameras(path: str | Path) -> dict[tuple[str, str], Intrinsics]:
     projection (VideoPose3D's) takes them reversed, which reproduces the released 2D exactly.
     """
     path = Path(path)
+    cameras = load_pickle(path)
     try:
-        with path.open("rb") as f:
-            cameras = pickle.load(f)
         return {key: Intrinsics(np.ravel(cam["f"]), np.ravel(cam["c"]), np.ravel(cam["k"]),
                                 np.ravel(cam["p"])[::-1], (int(cam["w"]), int(cam["h"])))
                 for key, cam in cameras.items()}
-    except (OSError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as err:
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise BadSampleError(f"{path}: cannot read MMPose cameras (need f, c, k, p, w, h per "
                              f"(subject, camera id)): {err}") from None
 

@@ -7,17 +7,26 @@
     result.valid           # (N,) False where the input could not be used (rows are NaN)
 
 - `lifter`: `Lifter` and `LiftResult` (2D keypoints or person crops -> 3D poses, mm);
-- `formats`: reading users' keypoint files (COCO results .json, .npz) into Human3.6M order;
-- `predict`: `predict_file`, a keypoint file and/or a folder of crops -> one .npz of 3D poses;
+- `formats`: reading users' keypoint files (COCO results, MMPose, OpenPose, VideoPose3D, .npz,
+  .csv) into Human3.6M order, single images or sequences;
+- `predict`: `predict_file`, a keypoint file and/or a folder of crops -> .npz (+ JSON, BVH);
+- `outputs`: the viewer JSON, BVH and temporal smoothing;
 - `export`: `export_lifter`, the 2D -> 3D path as TorchScript and ONNX files.
 """
 
-from hpe_ray.inference.export import export_lifter
-from hpe_ray.inference.formats import KeypointInput, coco_to_h36m, read_keypoints
-from hpe_ray.inference.lifter import Lifter, LiftResult, resize_crop, training_camera
-from hpe_ray.inference.predict import PredictSummary, predict_file
+import importlib
 
-__all__ = [
-    "KeypointInput", "LiftResult", "Lifter", "PredictSummary",
-    "coco_to_h36m", "export_lifter", "predict_file", "read_keypoints", "resize_crop", "training_camera",
-]
+# Where each public name lives. Loaded on first use, so `hpe_ray.inference.formats` (numpy only)
+# can be imported, by the CLI for instance, without loading torch.
+_HOMES = {
+    "export_lifter": "export", "KeypointInput": "formats", "coco_to_h36m": "formats", "read_keypoints": "formats",
+    "Lifter": "lifter", "LiftResult": "lifter", "resize_crop": "lifter", "training_camera": "lifter",
+    "PredictSummary": "predict", "predict_file": "predict",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'hpe_ray.inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"hpe_ray.inference.{_HOMES[name]}"), name)

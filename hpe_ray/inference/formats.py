@@ -1,28 +1,41 @@
 """2D keypoint files users bring to `predict`, and the COCO-17 -> Human3.6M-17 joint mapping.
 
-Two inputs are read:
+What 2D detectors and lifting codebases write, single images or sequences (`read_keypoints`
+picks the reader from the path and content):
 
-- a COCO keypoint results `.json` (what detectors such as MMPose, Detectron2 or OpenPifPaf write):
-  a list of `{"image_id", "keypoints": [x, y, v] * 17, "score"}` in COCO joint order;
-- an `.npz` with `keypoints_2d` (N, 17, 2) pixels and, optionally, the camera as `focal`
-  and `center` ((2,) for all samples or (N, 2) per sample), in Human3.6M order unless told
-  otherwise.
+- COCO keypoint results `.json` (MMPose, Detectron2, OpenPifPaf, AlphaPose): a list of
+  `{"image_id", "keypoints": [x, y, score] * 17, "score", "track_id"?}`, COCO joint order;
+- MMPose inferencer `.json` (`pred_out_dir`): one image's list of
+  `{"keypoints": [[x, y]] * 17, "keypoint_scores": [...]}`, or a video's list of
+  `{"frame_id", "instances": [...]}`;
+- an OpenPose output folder: one `*_keypoints.json` per frame, `people[].pose_keypoints_2d`
+  in BODY_25 or COCO-18 order;
+- VideoPose3D's custom `.npz` (`prepare_data_2d_custom.py`): `positions_2d` {video: {"custom":
+  [(T, 17, 2)]}} and `metadata` with each video's width and height;
+- an `.npz` with `keypoints_2d` (N, 17, 2) pixels and optional `scores` (N, 17), `frames` (N,),
+  `tracks` (N,), `image_size` (2,) or (N, 2), `focal` and `center` ((2,) or (N, 2));
+- a `.csv` with a header: optional `frame` and `track` columns, then `<joint>_x`, `<joint>_y` and
+  optional `<joint>_score` per joint, joints named as COCO's or Human3.6M's 17.
 
-Problems of single samples (a wrong number of joints, NaN coordinates) do not stop the file:
-they are listed in `KeypointInput.problems` and the sample is marked invalid. Problems of the
-whole file raise `BadSampleError` naming the file.
+Every sample carries a track (person) and a frame, so sequences stay sequences. Problems of
+single samples (a wrong number of joints, unlabelled joints) do not stop the file: they are
+listed in `KeypointInput.problems` and the sample is marked invalid unless `fill_low_confidence`
+can fill its joints from neighbouring frames. Problems of the whole file raise `BadSampleError`
+naming the file.
 """
 
 from __future__ import annotations
 
+import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from hpe_ray.data.pickles import load_npz_object
 from hpe_ray.data.sample import BadSampleError
-from hpe_ray.skeleton import NUM_JOINTS
+from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
 
 COCO_JOINT_NAMES: tuple[str, ...] = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear",
@@ -37,6 +50,12 @@ _H36M_FROM_COCO = {1: 12, 2: 14, 3: 16, 4: 11, 5: 13, 6: 15, 9: 0,
 # (about 10 cm over 20 cm), which matches where Human3.6M's head-top marker sits.
 HEAD_TOP_OVER_EYES = 0.5
 KEYPOINT_FORMATS = ("auto", "h36m", "coco")
+# Detector confidence below which a joint is filled from neighbouring frames (COCO-style scores
+# in [0, 1]; MMPose's and OpenPose's are on the same scale).
+DEFAULT_MIN_SCORE = 0.3
+# OpenPose BODY_25 and COCO-18 index of each COCO-17 joint (they share the face and limb joints).
+_OPENPOSE_TO_COCO = {75: (0, 16, 15, 18, 17, 5, 2, 6, 3, 7, 4, 12, 9, 13, 10, 14, 11),
+                     54: (0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)}
 
 
 def coco_to_h36m(keypoints_coco):
@@ -68,68 +87,207 @@ def coco_to_h36m(keypoints_coco):
 class KeypointInput:
     """2D keypoints read from a file, in Human3.6M joint order.
 
-    keypoints_2d_px (N, 17, 2) float64, NaN for samples that could not be read;
-    valid (N,) bool; focal_px, center_px (N, 2) or None when the file has no camera;
-    names (N,) str identifying each sample in the file (image id or index);
-    problems: one message per invalid sample, naming the file and the sample.
+    keypoints_2d_px (N, 17, 2) float64, NaN at joints the file does not give; scores (N, 17) the
+    detector's confidence per joint (1 where the file has none); tracks (N,) str person / track
+    id ("0" for one person); frames (N,) int frame index in the sequence; names (N,) str a
+    label for messages (image id, file, index); focal_px, center_px (N, 2) or None when the file
+    has no camera; image_size_px (N, 2) width, height or None; problems {sample: message naming
+    the file and the sample} for samples that cannot be lifted as read.
     """
 
     keypoints_2d_px: np.ndarray
-    valid: np.ndarray
-    focal_px: np.ndarray | None
-    center_px: np.ndarray | None
+    scores: np.ndarray
+    tracks: np.ndarray
+    frames: np.ndarray
     names: np.ndarray
-    problems: list[str] = field(default_factory=list)
+    focal_px: np.ndarray | None = None
+    center_px: np.ndarray | None = None
+    image_size_px: np.ndarray | None = None
+    problems: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(N,) True where every joint (and the camera, if given) is finite."""
+        valid = np.all(np.isfinite(self.keypoints_2d_px), axis=(1, 2))
+        if self.focal_px is not None:
+            valid &= np.all(np.isfinite(self.focal_px), axis=1) & np.all(np.isfinite(self.center_px), axis=1)
+        return valid
 
 
 def read_keypoints(path: str | Path, keypoint_format: str = "auto") -> KeypointInput:
-    """Read a COCO results `.json` or a keypoints `.npz` (see the module docstring).
+    """Read any input of the module docstring.
 
-    keypoint_format: joint order of the file, "coco" or "h36m"; "auto" is "coco" for `.json`
-    and "h36m" for `.npz`.
+    keypoint_format: joint order of files with 17 joints, "coco" or "h36m"; "auto" is COCO for
+    detector outputs (.json, OpenPose, VideoPose3D custom), Human3.6M for the plain .npz, and
+    the header's joint names for .csv.
     """
     path = Path(path)
     if keypoint_format not in KEYPOINT_FORMATS:
         raise ValueError(f"keypoint_format must be one of {KEYPOINT_FORMATS}, got {keypoint_format!r}")
+    order = None if keypoint_format == "auto" else keypoint_format
+    if path.is_dir():
+        return read_openpose_folder(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: keypoint file not found")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        return read_coco_results(path, joint_order="coco" if keypoint_format == "auto" else keypoint_format)
+        entries = _json(path)
+        if _is_mmpose(entries):
+            return read_mmpose_json(path, joint_order=order or "coco")
+        return read_coco_results(path, joint_order=order or "coco")
     if suffix == ".npz":
-        return read_keypoints_npz(path, joint_order="h36m" if keypoint_format == "auto" else keypoint_format)
-    raise BadSampleError(f"{path}: unknown keypoint file type {suffix!r}; expected .json (COCO results) or .npz")
+        with np.load(path, allow_pickle=False) as archive:
+            files = set(archive.files)
+        if "positions_2d" in files:
+            return read_videopose3d_custom(path, joint_order=order or "coco")
+        return read_keypoints_npz(path, joint_order=order or "h36m")
+    if suffix == ".csv":
+        return read_keypoints_csv(path)
+    raise BadSampleError(f"{path}: unknown keypoint file type {suffix!r}; expected .json (COCO results or "
+                         "MMPose), .npz (hpe-ray or VideoPose3D custom), .csv, or an OpenPose folder")
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadSampleError(f"{path}: not a readable JSON file: {err}") from None
+
+
+def _is_mmpose(entries) -> bool:
+    first = entries[0] if isinstance(entries, list) and entries else None
+    return isinstance(first, dict) and ("instances" in first or "keypoint_scores" in first)
 
 
 def read_coco_results(path: str | Path, joint_order: str = "coco") -> KeypointInput:
     """COCO keypoint results: a JSON list of {"image_id", "keypoints": [x, y, v] * 17, ...}.
 
-    The visibility/confidence v is not used by the lifter, except that a joint written as
-    [0, 0, 0] (COCO's "not labelled") makes its sample invalid. No camera is stored in this format.
+    v is the joint's confidence; [0, 0, 0] is COCO's "not labelled" (a missing joint). Samples
+    belong to `track_id` (PoseTrack) or `idx` (AlphaPose) when given, else to one person per
+    image numbered in file order. Frames are the image ids when they are integers, else the order
+    of first appearance. No camera is stored in this format.
     """
     path = Path(path)
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadSampleError(f"{path}: not a readable JSON file: {err}") from None
+    entries = _json(path)
     if not isinstance(entries, list):
         raise BadSampleError(f"{path}: expected a JSON list of COCO keypoint results, got {type(entries).__name__}")
-    rows, names, problems = [], [], []
+    rows, names, tracks, image_ids, problems = [], [], [], [], {}
+    per_image: dict[str, int] = {}
     for i, entry in enumerate(entries):
-        name = str(entry.get("image_id", i)) if isinstance(entry, dict) else str(i)
-        where = f"{path}: sample {i} (image_id {name})"
-        values = entry.get("keypoints") if isinstance(entry, dict) else None
-        row, problem = _coco_triplets(values, where)
+        entry = entry if isinstance(entry, dict) else {}
+        name = str(entry.get("image_id", i))
+        row, problem = _triplets(entry.get("keypoints"), f"{path}: sample {i} (image_id {name})")
         rows.append(row)
-        names.append(name)
         if problem:
-            problems.append(problem)
-    keypoints = np.stack(rows) if rows else np.zeros((0, NUM_JOINTS, 2))
-    return _finish(keypoints, joint_order, None, None, np.asarray(names, dtype=str), problems, path)
+            problems[i] = problem
+        names.append(name)
+        image_ids.append(entry.get("image_id", i))
+        track = entry.get("track_id", entry.get("idx"))
+        if track is None:  # no tracker: the n-th person of each image
+            track = per_image.get(name, 0)
+            per_image[name] = track + 1
+        tracks.append(str(track))
+    frames = _frame_numbers(image_ids)
+    return _finish(rows, joint_order, path, names=names, tracks=tracks, frames=frames, problems=problems)
+
+
+def read_mmpose_json(path: str | Path, joint_order: str = "coco") -> KeypointInput:
+    """MMPose inferencer predictions: one image's list of instances, or a video's list of frames
+    {"frame_id", "instances": [{"keypoints": [[x, y]] * 17, "keypoint_scores": [...]}]}.
+    Instances are numbered per frame (a `track_id` when MMPose's tracker wrote one)."""
+    path = Path(path)
+    entries = _json(path)
+    frames_in = entries if "instances" in entries[0] else [{"frame_id": 0, "instances": entries}]
+    rows, names, tracks, frames, problems = [], [], [], [], {}
+    for position, frame in enumerate(frames_in):
+        frame_id = frame.get("frame_id", position) if isinstance(frame, dict) else position
+        instances = frame.get("instances") if isinstance(frame, dict) else None
+        for person, instance in enumerate(instances if isinstance(instances, list) else []):
+            i = len(rows)
+            where = f"{path}: frame {frame_id} instance {person}"
+            try:
+                xy = np.asarray(instance["keypoints"], np.float64).reshape(-1, 2)
+                scores = np.asarray(instance.get("keypoint_scores", np.ones(len(xy))), np.float64).reshape(-1, 1)
+                flat = np.concatenate([xy, scores], axis=1).ravel()
+            except (KeyError, TypeError, ValueError):
+                flat = None
+            row, problem = _triplets(flat, where)
+            rows.append(row)
+            if problem:
+                problems[i] = problem
+            names.append(f"frame {frame_id} instance {person}")
+            tracks.append(str(instance.get("track_id", person)) if isinstance(instance, dict) else str(person))
+            frames.append(int(frame_id))
+    return _finish(rows, joint_order, path, names=names, tracks=tracks, frames=frames, problems=problems)
+
+
+def read_openpose_folder(folder: str | Path) -> KeypointInput:
+    """OpenPose `--write_json` output: `*_keypoints.json` per frame (frames in name order), each
+    person's `pose_keypoints_2d` in BODY_25 (75 numbers) or COCO-18 (54); a joint with
+    confidence 0 is missing. People are numbered per frame (`person_id` when it is tracked)."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*_keypoints.json"))
+    if not files:
+        raise BadSampleError(f"{folder}: no OpenPose *_keypoints.json files in this folder")
+    rows, names, tracks, frames, problems = [], [], [], [], {}
+    for frame, file in enumerate(files):
+        content = _json(file)
+        people = content.get("people", []) if isinstance(content, dict) else []
+        for person, entry in enumerate(people):
+            i = len(rows)
+            values = np.asarray(entry.get("pose_keypoints_2d", []), np.float64).ravel()
+            order = _OPENPOSE_TO_COCO.get(values.size)
+            if order is None:
+                rows.append(np.full((len(COCO_JOINT_NAMES), 3), np.nan))
+                problems[i] = (f"{file}: person {person}: pose_keypoints_2d has {values.size} numbers, expected "
+                               "75 (BODY_25) or 54 (COCO-18)")
+            else:
+                row, problem = _triplets(values.reshape(-1, 3)[list(order)].ravel(), f"{file}: person {person}")
+                rows.append(row)
+                if problem:
+                    problems[i] = problem
+            person_id = np.ravel(entry.get("person_id", [-1]))
+            tracks.append(str(int(person_id[0])) if person_id.size and person_id[0] >= 0 else str(person))
+            names.append(f"{file.name} person {person}")
+            frames.append(frame)
+    if not rows:
+        raise BadSampleError(f"{folder}: the OpenPose files hold no people")
+    return _finish(rows, "coco", folder, names=names, tracks=tracks, frames=frames, problems=problems)
+
+
+def read_videopose3d_custom(path: str | Path, joint_order: str = "coco") -> KeypointInput:
+    """VideoPose3D's custom 2D file: positions_2d {video: {"custom": [(T, 17, 2)]}} and metadata
+    {"video_metadata": {video: {"w", "h"}}}; each video is a track, read without running pickles."""
+    path = Path(path)
+    positions = load_npz_object(path, "positions_2d")
+    metadata = load_npz_object(path, "metadata")
+    if not isinstance(positions, dict) or not isinstance(metadata, dict):
+        raise BadSampleError(f"{path}: positions_2d and metadata must be dicts (VideoPose3D custom format)")
+    rows, names, tracks, frames, sizes = [], [], [], [], []
+    for video, content in positions.items():
+        try:
+            keypoints = np.asarray(content["custom"][0], np.float64)
+            size = metadata["video_metadata"][video]
+            width, height = float(size["w"]), float(size["h"])
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise BadSampleError(f"{path}: video {video!r}: expected positions_2d[video]['custom'][0] and "
+                                 f"metadata['video_metadata'][video] with 'w' and 'h' ({err})") from None
+        if keypoints.ndim != 3 or keypoints.shape[1:] != (NUM_JOINTS, 2):
+            raise BadSampleError(f"{path}: video {video!r} has keypoints of shape {keypoints.shape}, "
+                                 f"expected (T, {NUM_JOINTS}, 2)")
+        rows += list(np.concatenate([keypoints, np.ones((len(keypoints), NUM_JOINTS, 1))], axis=2))  # no scores
+        names += [f"{video} frame {t}" for t in range(len(keypoints))]
+        tracks += [str(video)] * len(keypoints)
+        frames += list(range(len(keypoints)))
+        sizes += [(width, height)] * len(keypoints)
+    return _finish(rows, joint_order, path, names=names, tracks=tracks, frames=frames,
+                   image_size=np.asarray(sizes, np.float64).reshape(-1, 2))
 
 
 def read_keypoints_npz(path: str | Path, joint_order: str = "h36m") -> KeypointInput:
-    """An .npz with `keypoints_2d` (N, 17, 2) pixels and optional `focal`, `center` ((2,) or (N, 2)).
+    """An .npz with `keypoints_2d` (N, 17, 2) pixels and optional `scores` (N, 17), `frames` (N,),
+    `tracks` (N,), `image_size` and the camera `focal`, `center` ((2,) or (N, 2) each). Without
+`frames` and `tracks` the samples are independent (nothing is filled from neighbours).
 
     A file with one of `focal` / `center` but not the other is an error: a half-given camera
     is almost certainly a mistake, not a request for the default camera.
@@ -145,46 +303,115 @@ def read_keypoints_npz(path: str | Path, joint_order: str = "h36m") -> KeypointI
     keypoints = np.asarray(arrays["keypoints_2d"], dtype=np.float64)
     if keypoints.ndim != 3 or keypoints.shape[1:] != (NUM_JOINTS, 2):
         raise BadSampleError(f"{path}: keypoints_2d has shape {keypoints.shape}, expected (N, {NUM_JOINTS}, 2)")
+    count = len(keypoints)
     if ("focal" in arrays) != ("center" in arrays):
         missing = "center" if "focal" in arrays else "focal"
         raise BadSampleError(f"{path}: has {'focal' if missing == 'center' else 'center'} but no '{missing}'; "
                              f"give both camera fields (pixels) or neither (the checkpoint's training camera)")
-    focal = center = None
-    if "focal" in arrays:
-        focal = _per_sample_camera(arrays["focal"], len(keypoints), "focal", path)
-        center = _per_sample_camera(arrays["center"], len(keypoints), "center", path)
-    names = np.asarray([str(i) for i in range(len(keypoints))], dtype=str)
-    problems = []
-    for i in np.flatnonzero(~np.all(np.isfinite(keypoints), axis=(1, 2))):
-        problems.append(f"{path}: sample {i}: keypoints_2d contains NaN or infinite coordinates")
-    if focal is not None:
-        for i in np.flatnonzero(~(np.all(np.isfinite(focal), axis=1) & np.all(np.isfinite(center), axis=1))):
-            problems.append(f"{path}: sample {i}: focal or center is NaN or infinite")
-    return _finish(keypoints, joint_order, focal, center, names, problems, path)
+    camera = {name: _per_sample(arrays[key], count, key, path)
+              for name, key in (("focal", "focal"), ("center", "center"), ("image_size", "image_size"))
+              if key in arrays}
+    scores = arrays.get("scores", np.ones((count, NUM_JOINTS)))
+    if np.shape(scores) != (count, NUM_JOINTS):
+        raise BadSampleError(f"{path}: scores has shape {np.shape(scores)}, expected ({count}, {NUM_JOINTS})")
+    problems = {int(i): f"{path}: sample {i}: keypoints_2d contains NaN or infinite coordinates"
+                for i in np.flatnonzero(~np.all(np.isfinite(keypoints), axis=(1, 2)))}
+    if "focal" in camera:
+        bad = ~(np.all(np.isfinite(camera["focal"]), axis=1) & np.all(np.isfinite(camera["center"]), axis=1))
+        problems.update({int(i): f"{path}: sample {i}: focal or center is NaN or infinite"
+                         for i in np.flatnonzero(bad) if i not in problems})
+    return _finish(np.concatenate([keypoints, np.asarray(scores, np.float64)[..., None]], axis=2), joint_order,
+                   path, names=[str(i) for i in range(count)],
+                   # without frames or tracks the samples are unrelated: each its own track
+                   tracks=[str(t) for t in arrays.get("tracks", np.zeros(count, int) if "frames" in arrays
+                                                      else np.arange(count))],
+                   frames=arrays.get("frames", np.arange(count)), problems=problems, **camera)
 
 
-def _coco_triplets(values, where: str) -> tuple[np.ndarray, str | None]:
-    """51 numbers [x, y, v] * 17 -> ((17, 2) px, None), or (NaN row, problem) when unusable."""
-    unusable = np.full((NUM_JOINTS, 2), np.nan)
+def read_keypoints_csv(path: str | Path) -> KeypointInput:
+    """A CSV with a header: optional `frame`, `track`, then `<joint>_x`, `<joint>_y` and optional
+    `<joint>_score` for the 17 joints of COCO or of Human3.6M (`skeleton.JOINT_NAMES`)."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            table = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise BadSampleError(f"{path}: not a readable CSV file: {err}") from None
+    header = set(table[0]) if table else set()
+    for joint_order, joint_names in (("coco", COCO_JOINT_NAMES), ("h36m", JOINT_NAMES)):
+        if all(f"{name}_x" in header and f"{name}_y" in header for name in joint_names):
+            break
+    else:
+        raise BadSampleError(f"{path}: the header needs <joint>_x and <joint>_y columns for the 17 COCO joints "
+                             f"({', '.join(COCO_JOINT_NAMES[:3])}, ...) or Human3.6M joints "
+                             f"({', '.join(JOINT_NAMES[:3])}, ...)")
+    rows, problems = [], {}
+    for i, line in enumerate(table):
+        try:
+            rows.append([[float(line[f"{name}_x"]), float(line[f"{name}_y"]), float(line.get(f"{name}_score") or 1)]
+                         for name in joint_names])
+        except (TypeError, ValueError):
+            rows.append(np.full((NUM_JOINTS, 3), np.nan))
+            problems[i] = f"{path}: row {i + 2}: a coordinate or score is not a number"
+    return _finish(rows, joint_order, path, names=[f"row {i + 2}" for i in range(len(rows))],
+                   tracks=[line.get("track") or "0" for line in table],
+                   frames=[int(line["frame"]) if line.get("frame") else i for i, line in enumerate(table)],
+                   problems=problems)
+
+
+def fill_low_confidence(keypoints: KeypointInput, min_score: float) -> tuple[KeypointInput, np.ndarray]:
+    """Replace joints below `min_score` (or missing) by linear interpolation over time within their
+    track, from the frames where that joint is confident; joints with no confident frame in their
+    track are left as read. Returns the filled input and low_confidence (N, 17) bool (the joints
+    that were below the threshold or missing). Samples made whole lose their problem."""
+    xy = keypoints.keypoints_2d_px.copy()
+    low = ~(keypoints.scores >= min_score) | ~np.all(np.isfinite(xy), axis=2)
+    for track in np.unique(keypoints.tracks):
+        rows = np.flatnonzero(keypoints.tracks == track)
+        rows = rows[np.argsort(keypoints.frames[rows], kind="stable")]
+        frames = keypoints.frames[rows]
+        for joint in range(NUM_JOINTS):
+            good = ~low[rows, joint]
+            if good.all() or not good.any():
+                continue
+            for axis in range(2):
+                xy[rows[~good], joint, axis] = np.interp(frames[~good], frames[good], xy[rows[good], joint, axis])
+    filled = replace(keypoints, keypoints_2d_px=xy)
+    made_whole = filled.valid & ~keypoints.valid
+    filled.problems = {i: message for i, message in keypoints.problems.items() if not made_whole[i]}
+    return filled, low
+
+
+def _triplets(values, where: str) -> tuple[np.ndarray, str | None]:
+    """[x, y, score] * 17 -> ((17, 3), problem or None); NaN at missing joints ([0, 0, 0])."""
+    unusable = np.full((NUM_JOINTS, 3), np.nan)
     try:
         flat = np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
         return unusable, f"{where}: 'keypoints' is missing or not a list of numbers"
-    if flat.size != 3 * NUM_JOINTS:
-        return unusable, (f"{where}: 'keypoints' has {flat.size} numbers ({flat.size / 3:g} joints), "
-                          f"expected {3 * NUM_JOINTS} ([x, y, v] for {NUM_JOINTS} joints)")
-    triplets = flat.reshape(NUM_JOINTS, 3)
-    keypoints = triplets[:, :2]
-    if not np.all(np.isfinite(keypoints)):
+    if values is None or flat.size != 3 * NUM_JOINTS:
+        count = 0 if values is None else flat.size
+        return unusable, (f"{where}: 'keypoints' has {count} numbers ({count / 3:g} joints), expected "
+                          f"{3 * NUM_JOINTS} ([x, y, score] for {NUM_JOINTS} joints)")
+    triplets = flat.reshape(NUM_JOINTS, 3).copy()
+    if not np.all(np.isfinite(triplets[:, :2])):
         return unusable, f"{where}: keypoints contain NaN or infinite coordinates"
-    # COCO marks a joint that is not there as [0, 0, 0]; the lifter needs all 17.
-    missing = [COCO_JOINT_NAMES[j] for j in np.flatnonzero(np.all(triplets == 0, axis=1))]
-    if missing:
-        return unusable, f"{where}: joints not labelled ([0, 0, 0]): {', '.join(missing)}"
-    return keypoints, None
+    missing = np.all(triplets == 0, axis=1)
+    triplets[missing] = [np.nan, np.nan, 0.0]
+    if missing.any():
+        return triplets, f"{where}: joints not labelled ([0, 0, 0]): {', '.join(COCO_JOINT_NAMES[j] for j in np.flatnonzero(missing))}"
+    return triplets, None
 
 
-def _per_sample_camera(value, count: int, name: str, path: Path) -> np.ndarray:
+def _frame_numbers(ids: list) -> list[int]:
+    """Integer image ids as they are; other ids numbered in order of first appearance."""
+    if all(isinstance(i, int) or (isinstance(i, str) and i.isdigit()) for i in ids):
+        return [int(i) for i in ids]
+    order: dict[str, int] = {}
+    return [order.setdefault(str(i), len(order)) for i in ids]
+
+
+def _per_sample(value, count: int, name: str, path: Path) -> np.ndarray:
     """(2,) or (N, 2) -> (N, 2) float64."""
     value = np.asarray(value, dtype=np.float64)
     if value.shape == (2,):
@@ -194,16 +421,32 @@ def _per_sample_camera(value, count: int, name: str, path: Path) -> np.ndarray:
     return value
 
 
-def _finish(keypoints: np.ndarray, joint_order: str, focal, center, names: np.ndarray,
-            problems: list[str], path: Path) -> KeypointInput:
+def _finish(rows, joint_order: str, path: Path, *, names, tracks, frames, problems=None,
+            focal=None, center=None, image_size=None) -> KeypointInput:
+    """Rows of (17, 3) [x, y, score] in `joint_order` -> KeypointInput in Human3.6M order."""
     if joint_order not in ("coco", "h36m"):
         raise ValueError(f"joint order must be 'coco' or 'h36m', got {joint_order!r}")
-    if joint_order == "coco":
-        keypoints = coco_to_h36m(keypoints)
-    valid = np.all(np.isfinite(keypoints), axis=(1, 2))
-    if focal is not None:
-        valid &= np.all(np.isfinite(focal), axis=1) & np.all(np.isfinite(center), axis=1)
-    if len(keypoints) == 0:
+    if len(rows) == 0:
         raise BadSampleError(f"{path}: contains no samples")
-    keypoints = np.where(valid[:, None, None], keypoints, np.nan)
-    return KeypointInput(keypoints, valid, focal, center, names, problems)
+    triplets = np.asarray(rows, np.float64).reshape(len(rows), NUM_JOINTS, 3)
+    if joint_order == "coco":
+        # A derived joint's score is the lowest of the joints it comes from.
+        scores = _coco_min_scores(np.nan_to_num(triplets[..., 2]))
+        triplets = coco_to_h36m(triplets)
+        triplets[..., 2] = scores
+    return KeypointInput(keypoints_2d_px=triplets[..., :2], scores=np.nan_to_num(triplets[..., 2]),
+                         tracks=np.asarray(tracks, dtype=str), frames=np.asarray(frames, dtype=np.int64),
+                         names=np.asarray(names, dtype=str), focal_px=focal, center_px=center,
+                         image_size_px=image_size, problems=dict(problems or {}))
+
+
+def _coco_min_scores(scores: np.ndarray) -> np.ndarray:
+    """(N, 17) COCO scores -> (N, 17) Human3.6M scores, derived joints taking the minimum of their sources."""
+    out = np.empty_like(scores)
+    for h36m_index, coco_index in _H36M_FROM_COCO.items():
+        out[:, h36m_index] = scores[:, coco_index]
+    hips, shoulders, eyes = scores[:, [11, 12]].min(1), scores[:, [5, 6]].min(1), scores[:, [1, 2]].min(1)
+    out[:, 0], out[:, 8] = hips, shoulders
+    out[:, 7] = np.minimum(hips, shoulders)
+    out[:, 10] = np.minimum(eyes, shoulders)
+    return out

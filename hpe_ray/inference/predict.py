@@ -1,12 +1,21 @@
-"""`hpe-ray predict`: lift a file of 2D keypoints (or a folder of person crops) to 3D, write .npz.
+"""`hpe-ray predict`: lift 2D keypoints (single images or sequences) or a folder of person crops
+to 3D; write .npz and, on request, a viewer JSON and a BVH per track.
 
-Inputs (see `hpe_ray.inference.formats`): a COCO keypoint results `.json` or an `.npz` with
-`keypoints_2d` (N, 17, 2) px and optional `focal`, `center`; and/or a folder of RGB person
-crops (.jpg/.png) for a model with an RGB encoder.
+Inputs (see `hpe_ray.inference.formats`): COCO results or MMPose JSON, an OpenPose folder,
+VideoPose3D's custom npz, our npz or a CSV; and/or a folder of RGB person crops (.jpg/.png)
+for a model with an RGB encoder.
+
+The camera, for models that need one (`data.mode_2d: camera`): given focal/center, else the
+file's, else derived from the image size (given, or in the file) and a field of view
+(`camera.DEFAULT_FOV_DEG` across the longer side), else the training data's most common camera.
+Scale-free models (the default) need none. Joints the detector scores below `min_score` (or
+leaves out) are filled from the same joint in the track's neighbouring frames when it has
+confident ones, and listed in `low_confidence`.
 
 Output .npz, all poses root-relative in the camera frame, mm, Human3.6M joint order:
-    poses_3d (N, 17, 3), valid (N,), names (N,), keypoints_2d (N, 17, 2) px as lifted,
-    hypotheses (N, K, 17, 3) when K > 1                          -- from the keypoint file
+    poses_3d (N, 17, 3), valid (N,), names (N,), tracks (N,), frames (N,),
+    keypoints_2d (N, 17, 2) px as lifted, keypoint_scores (N, 17), low_confidence (N, 17),
+    hypotheses (N, K, 17, 3) when K > 1                          -- from the keypoints
     poses_3d_rgb (M, 17, 3), valid_rgb (M,), image_files (M,),
     hypotheses_rgb (M, K, 17, 3) when K > 1                      -- from the crops
     joint_names (17,), problems (P,): one line per sample that was skipped.
@@ -23,15 +32,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from hpe_ray.camera import DEFAULT_FOV_DEG, intrinsics_from_image_size
 from hpe_ray.data.sample import BadSampleError
-from hpe_ray.inference.formats import read_keypoints
+from hpe_ray.inference.formats import DEFAULT_MIN_SCORE, KeypointInput, fill_low_confidence, read_keypoints
 from hpe_ray.inference.lifter import LiftResult, Lifter, resize_crop
+from hpe_ray.inference.outputs import smooth_tracks, track_order, write_bvh, write_viewer_json
 from hpe_ray.skeleton import JOINT_NAMES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 # Inputs with more samples (crops) than this get a progress bar.
 PROGRESS_MIN_SAMPLES = 20_000
 PROGRESS_MIN_IMAGES = 1000
+OUTPUT_FORMATS = ("npz", "json", "bvh")
 
 
 @dataclass
@@ -40,6 +52,8 @@ class PredictSummary:
 
     output: Path
     hypotheses: int
+    written: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     keypoint_samples: int = 0
     keypoint_lifted: int = 0
     image_samples: int = 0
@@ -47,7 +61,7 @@ class PredictSummary:
     problems: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [f"wrote {self.output}"]
+        lines = [f"wrote {path}" for path in self.written] + [f"  {note}" for note in self.notes]
         if self.keypoint_samples:
             lines.append(f"  from 2D keypoints: {self.keypoint_lifted} of {self.keypoint_samples} samples lifted")
         if self.image_samples:
@@ -64,31 +78,57 @@ class PredictSummary:
 
 def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Path, hypotheses: int = 1,
                  images_dir: str | Path | None = None, keypoint_format: str = "auto", *,
-                 focal_px=None, center_px=None, batch_size: int = 1024, device: str = "cpu",
-                 seed: int = 0) -> PredictSummary:
-    """Lift a keypoint file and/or a folder of crops with a checkpoint; write the .npz `output`.
+                 focal_px=None, center_px=None, image_size_px=None, fov_deg: float = DEFAULT_FOV_DEG,
+                 min_score: float = DEFAULT_MIN_SCORE, smooth_frames: int = 1, fps: float = 30.0,
+                 formats=("npz",), batch_size: int = 1024, device: str = "cpu", seed: int = 0) -> PredictSummary:
+    """Lift a keypoint file and/or a folder of crops with a checkpoint; write `output` (.npz) and
+    the other `formats` beside it (`<stem>.json`, `<stem>.bvh` or `<stem>_<track>.bvh`).
 
-    keypoint_format: joint order of the keypoint file ("auto": COCO for .json, Human3.6M for
-    .npz; or "coco" / "h36m"). focal_px, center_px: (2,) pixels, overriding the file's camera
-    (a file without one otherwise uses the training data's most common camera, with a warning).
+    keypoint_format: joint order of the keypoint file ("auto", "coco", "h36m"; see
+    `formats.read_keypoints`). focal_px, center_px: (2,) pixels, overriding the file's camera.
+    image_size_px: (width, height) of the frames the keypoints come from, for the camera derived
+    with fov_deg (degrees across the longer side) when no camera is known. min_score: detector
+    confidence below which a joint is filled from neighbouring frames of its track.
+    smooth_frames: odd moving-average window over each track's 3D mean poses (1 = off).
+    fps: frame rate written into the JSON and BVH.
     """
     if keypoints_path is None and images_dir is None:
         raise ValueError("nothing to predict: give a keypoint file, a folder of crops (images_dir), or both")
+    unknown = sorted(set(formats) - set(OUTPUT_FORMATS))
+    if unknown or "npz" not in formats:
+        raise ValueError(f"output formats must include npz and be among {OUTPUT_FORMATS}, got {list(formats)}")
+    if smooth_frames < 1 or smooth_frames % 2 == 0:
+        raise ValueError(f"smooth_frames must be an odd number >= 1, got {smooth_frames}")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
     lifter = Lifter.from_checkpoint(checkpoint, device=device)
     output = Path(output)
     summary = PredictSummary(output=output, hypotheses=hypotheses)
     arrays: dict[str, np.ndarray] = {"joint_names": np.asarray(JOINT_NAMES)}
+    sequence = None
     if keypoints_path is not None:
-        keypoints = read_keypoints(keypoints_path, keypoint_format)
-        focal, center = (focal_px, center_px) if focal_px is not None else (keypoints.focal_px, keypoints.center_px)
-        result = lifter.lift(keypoints.keypoints_2d_px, focal, center, hypotheses=hypotheses,
-                             batch_size=batch_size, progress=len(keypoints.valid) > PROGRESS_MIN_SAMPLES, seed=seed)
-        # The reader already named the file for the samples it rejected; the lifter's own
-        # problems (e.g. a bad camera) get the file name here.
-        summary.problems += keypoints.problems + [f"{keypoints_path}: {problem}"
-                                                  for i, problem in result.problems.items() if keypoints.valid[i]]
-        arrays.update(_result_arrays(result, ""), names=keypoints.names, keypoints_2d=keypoints.keypoints_2d_px)
+        keypoints, low_confidence = fill_low_confidence(read_keypoints(keypoints_path, keypoint_format), min_score)
+        if low_confidence.any():
+            summary.notes.append(f"{int(low_confidence.sum())} joints scored below {min_score:g} or missing "
+                                 f"({np.mean(low_confidence.any(axis=1)):.0%} of samples); filled from "
+                                 "neighbouring frames where the track had them")
+        focal, center = _camera(keypoints, lifter, focal_px, center_px, image_size_px, fov_deg, summary)
+        result = lifter.lift(keypoints.keypoints_2d_px, focal, center, hypotheses=hypotheses, batch_size=batch_size,
+                             progress=len(keypoints.names) > PROGRESS_MIN_SAMPLES, seed=seed)
+        # The reader named the file for the samples it rejected; the lifter's own problems
+        # (e.g. a bad camera) get the file name here.
+        summary.problems += [keypoints.problems[i] if i in keypoints.problems else f"{keypoints_path}: {problem}"
+                             for i, problem in sorted(result.problems.items())]
+        poses = result.poses_3d
+        if smooth_frames > 1:
+            poses = smooth_tracks(poses, keypoints.tracks, keypoints.frames, smooth_frames)
+            summary.notes.append(f"3D mean poses smoothed over {smooth_frames} frames per track")
+        arrays.update(_result_arrays(LiftResult(poses, result.hypotheses, result.valid), ""),
+                      names=keypoints.names, tracks=keypoints.tracks, frames=keypoints.frames,
+                      keypoints_2d=keypoints.keypoints_2d_px, keypoint_scores=keypoints.scores,
+                      low_confidence=low_confidence)
         summary.keypoint_samples, summary.keypoint_lifted = len(result.valid), int(result.valid.sum())
+        sequence = (poses, result, keypoints, low_confidence)
     if images_dir is not None:
         files, crops, problems = read_crops(images_dir, lifter.image_size)
         result = lifter.lift_images(crops, hypotheses=hypotheses, progress=len(files) > PROGRESS_MIN_IMAGES, seed=seed)
@@ -105,7 +145,53 @@ def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Pa
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("wb") as f:  # a file object: np.savez would append ".npz" to a path without it
         np.savez(f, **arrays)
+    summary.written.append(output)
+    if sequence is not None:
+        summary.written += _write_sequences(output, formats, fps, *sequence, summary)
     return summary
+
+
+def _camera(keypoints: KeypointInput, lifter: Lifter, focal_px, center_px, image_size_px, fov_deg: float,
+            summary: PredictSummary):
+    """(focal, center) for the lifter: given, the file's, derived from the image size, or None
+    (the lifter's default camera). Scale-free models ignore it."""
+    if focal_px is not None or center_px is not None:
+        return focal_px, center_px
+    if keypoints.focal_px is not None:
+        return keypoints.focal_px, keypoints.center_px
+    if lifter.stats.mode_2d != "camera":
+        return None, None
+    sizes = (np.broadcast_to(np.asarray(image_size_px, np.float64), (len(keypoints.names), 2))
+             if image_size_px is not None else keypoints.image_size_px)
+    if sizes is None:
+        return None, None
+    focal, center = np.empty_like(sizes), np.empty_like(sizes)
+    for size in np.unique(sizes, axis=0):
+        rows = np.all(sizes == size, axis=1)
+        focal[rows], center[rows] = intrinsics_from_image_size(*size, fov_deg)
+    summary.notes.append(f"no camera intrinsics: derived from the {'x'.join(f'{v:g}' for v in sizes[0])} px image "
+                         f"and a {fov_deg:g} degree field of view across its longer side (focal {focal[0, 0]:.0f} px); "
+                         "give --focal/--center or --fov if you know them")
+    return focal, center
+
+
+def _write_sequences(output: Path, formats, fps: float, poses: np.ndarray, result: LiftResult,
+                     keypoints: KeypointInput, low_confidence: np.ndarray, summary: PredictSummary) -> list[Path]:
+    written = []
+    if "json" in formats:
+        written.append(write_viewer_json(output.with_suffix(".json"), poses, result.valid, keypoints.tracks,
+                                         keypoints.frames, fps, result.hypotheses, low_confidence))
+    if "bvh" in formats:
+        tracks = track_order(keypoints.tracks, keypoints.frames)
+        for track, rows in tracks.items():
+            rows = rows[result.valid[rows]]
+            if len(rows) == 0:
+                continue
+            name = output.stem if len(tracks) == 1 else f"{output.stem}_{track}"
+            written.append(write_bvh(output.with_name(f"{name}.bvh"), poses[rows].astype(np.float64), fps))
+            if len(rows) < int(np.sum(keypoints.tracks == track)):
+                summary.notes.append(f"track {track}: frames that could not be lifted are left out of its BVH")
+    return written
 
 
 def read_crops(images_dir: str | Path, image_size: int) -> tuple[list[Path], list[np.ndarray | None], list[str]]:

@@ -11,6 +11,7 @@ the finished experiment by search.results.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -178,7 +179,8 @@ def _new_tuner(space: SearchSpace, data_dir: Path, experiment_dir: Path, num_sam
                                     num_samples=num_samples, max_concurrent_trials=concurrent,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=experiment_dir.name, storage_path=str(experiment_dir.parent),
-                                  verbose=1,
+                                  # -q / HPE_RAY_LOG_LEVEL=WARNING turn the per-trial tables off
+                                  verbose=1 if logging.getLogger().isEnabledFor(logging.INFO) else 0,
                                   # Trials in their own process restart from their last checkpoint like Train runs do.
                                   failure_config=tune.FailureConfig(max_failures=space.base.run.max_failures)),
     )

@@ -99,7 +99,10 @@ def read_checkpoint_state(path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for missing, truncated or foreign files
-        raise ValueError(f"{file}: not a readable hpe-ray checkpoint: {err}") from err
+        # torch's own text runs over several lines (and suggests weights_only=False, which would
+        # run code from the file): the first line says what is wrong.
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{file}: not a readable hpe-ray checkpoint ({first_line})") from err
     missing = {"model", "optimizer", "scheduler", "stats", "config", "epoch", "metrics", "extra"} - set(state)
     if missing:
         raise ValueError(f"{file}: not an hpe-ray checkpoint, missing entries {sorted(missing)}")
