@@ -104,7 +104,7 @@ def crossmodal_stage(cfg: Config, data_dir: str | Path, out_dir: str | Path, nam
     crops_dir = write_example_crops(data_dir, Path(out_dir).resolve() / name / "crops", EXAMPLE_CROPS)
     print(f"best checkpoint: {checkpoint}")
     print(f"lift crops with it: hpe-ray predict --checkpoint {checkpoint} --images {crops_dir} "
-          f"--output {crops_dir.parent / 'crops-poses.npz'} --hypotheses {hypotheses}")
+          f"--out {crops_dir.parent / 'crops-poses.npz'} --hypotheses {hypotheses}")
     print(f"cross-modal stage finished in {time.perf_counter() - started:.0f} s")
     return checkpoint
 
