@@ -364,9 +364,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     level = log_level(args)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
-    # Libraries and Ray's workers read it (Tune's progress tables follow it too).
-    os.environ["HPE_RAY_LOG_LEVEL"] = logging.getLevelName(level)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)  # Tune's progress tables follow it too
     try:
         args.func(args)
     except (ConfigError, BadSampleError, FileNotFoundError, FileExistsError, ValueError) as err:

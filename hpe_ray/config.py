@@ -223,7 +223,8 @@ def apply_overrides(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         node = out
         *parents, leaf = dotted.split(".")
         for i, part in enumerate(parents):
-            child = node.get(part)
+            # A section the file leaves out is created (validation still names unknown ones).
+            child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"{'.'.join(parents[:i + 1])}: not a section, cannot set {dotted!r}")
             node = child

@@ -95,3 +95,44 @@ def test_evaluate_rejects_a_misspelt_split_before_loading_anything(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["evaluate", "--checkpoint", "x", "--data", "y", "--split", "tset"])
     assert exit_.value.code == 2 and "invalid choice: 'tset'" in capsys.readouterr().err
+
+
+def test_data_errors_no_retry_can_fix_fail_before_ray_starts(tmp_path, capsys):
+    """A missing folder, a truncated manifest, a corrupt stats.json, a NaN in a poses index:
+    named in one line with exit code 2, before Ray starts (no retries, no traceback)."""
+    import shutil
+    import time
+
+    import numpy as np
+
+    from conftest import write_tiny_dataset
+
+    config = tmp_path / "ok.yaml"
+    config.write_text("{}\n")
+    data = write_tiny_dataset(tmp_path / "data")
+
+    def broken(name: str, damage) -> str:
+        copy = tmp_path / name
+        shutil.copytree(data, copy)
+        damage(copy)
+        return str(copy)
+
+    def nan_in_val_index(folder):
+        path = next(folder.glob("val*poses.npz"))
+        with np.load(path) as index:
+            arrays = {key: index[key] for key in index.files}
+        arrays["pose_3d_cam_mm"][3, 2, 1] = np.nan
+        np.savez(path, **arrays)
+
+    cases = {
+        str(tmp_path / "nowhere"): "nowhere: data folder not found",
+        broken("manifest", lambda d: (d / "manifest.json").write_text('{"format_version": 2, "spl')): "manifest.json: unreadable",
+        broken("stats", lambda d: (d / "stats.json").write_text("[]")): "stats.json: expected a JSON object",
+        broken("nan", nan_in_val_index): "holds non-finite values",
+    }
+    for data_dir, message in cases.items():
+        started = time.monotonic()
+        assert main(["train", "--config", str(config), "--data", data_dir]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert time.monotonic() - started < 10, "Ray was started"

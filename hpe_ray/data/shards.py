@@ -332,12 +332,25 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object file of a dataset; BadSampleError naming it when it is corrupt or truncated."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadSampleError(f"{path}: unreadable ({err}); convert the data again") from None
+    if not isinstance(content, dict):
+        raise BadSampleError(f"{path}: expected a JSON object, got {type(content).__name__}; convert the data again")
+    return content
+
+
 def load_manifest(data_dir: str | os.PathLike) -> dict:
     """manifest.json of a dataset directory; FileNotFoundError when it is not a complete dataset."""
     manifest_path = Path(data_dir) / MANIFEST_FILE
+    if not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"{data_dir}: data folder not found")
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{data_dir}: no {MANIFEST_FILE}: not a dataset, or its conversion did not finish")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json(manifest_path)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BadSampleError(f"{manifest_path}: shard format version {manifest.get('format_version')}, this "
                              f"hpe_ray reads version {FORMAT_VERSION}: convert the data again")

@@ -37,7 +37,7 @@ from PIL import Image
 from hpe_ray.camera import Intrinsics
 from hpe_ray.data.batch import images_to_model_range, pose_batch
 from hpe_ray.data.sample import BadSampleError, PoseArrays, PoseSample
-from hpe_ray.data.shards import IMAGE_FIELD, POSE_FIELDS, STATS_FILE, SkipLog, load_manifest
+from hpe_ray.data.shards import IMAGE_FIELD, POSE_FIELDS, STATS_FILE, SkipLog, load_manifest, read_json
 from hpe_ray.normalization import NormStats, without_2d_scores
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
 
@@ -53,8 +53,8 @@ def load_stats(data_dir: str | os.PathLike, mode_2d: str = "camera") -> NormStat
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; datasets without a training split have no stats, "
                                 "take them from the checkpoint of the trained model")
-    record = json.loads(path.read_text())
-    if tuple(record["joint_names"]) != JOINT_NAMES:
+    record = read_json(path)
+    if tuple(record.get("joint_names", ())) != JOINT_NAMES:
         raise BadSampleError(f"{path}: joint names {record['joint_names']} differ from "
                              "hpe_ray.skeleton.JOINT_NAMES")
     if mode_2d == "scaled" and mode_2d not in record:

@@ -20,7 +20,8 @@ from hpe_ray.config import Config
 from hpe_ray.data.augment import augment_views
 from hpe_ray.data.batch import Batch, pose_batch
 from hpe_ray.data.sample import PoseArrays
-from hpe_ray.data.stream import load_manifest, load_pose_arrays, make_eval_loader, make_loader, verify_shards
+from hpe_ray.data.stream import (load_manifest, load_pose_arrays, load_stats, make_eval_loader, make_loader,
+                                 verify_shards)
 from hpe_ray.normalization import NormStats
 
 EpochBatches = Callable[[int], Iterable[Batch]]
@@ -52,11 +53,17 @@ def streams_shards(cfg: Config) -> bool:
 
 
 def verify_training_data(cfg: Config) -> None:
-    """Read every tar header of the train and val splits once, before any worker starts, for runs
-    that stream them: a bad shard fails here, named. The workers' loaders then skip this full
-    read (they still check shard sizes against the manifest and name bad samples)."""
+    """Check what a run reads before any worker starts, so that errors no retry can fix (a missing
+    folder, a corrupt manifest or stats.json, a bad poses index or shard) fail here, named, instead
+    of inside Ray after its retries. Streaming runs read every tar header of train and val once
+    (the workers' loaders then skip this full read); in-memory runs read the two poses indexes."""
+    load_manifest(cfg.data.dir)
+    load_stats(cfg.data.dir, cfg.data.mode_2d)
     if streams_shards(cfg):
         verify_shards(cfg.data.dir, ["train", "val"], on_error=cfg.data.on_error)
+    else:
+        for split in ("train", "val"):
+            load_pose_arrays(cfg.data.dir, split)
 
 
 def train_batches(cfg: Config, stats: NormStats, rank: int, world_size: int, device: torch.device,
