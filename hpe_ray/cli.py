@@ -161,6 +161,8 @@ def _cmd_viz(args: argparse.Namespace) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     from hpe_ray.inference import predict_file
 
+    if args.focal is not None and len(args.focal) > 2:
+        raise ValueError(f"--focal takes fx or fx fy (pixels), got {len(args.focal)} values")
     focal = None if args.focal is None else (args.focal * 2)[:2]
     print(predict_file(args.checkpoint, args.input, args.out, hypotheses=args.hypotheses,
                        images_dir=args.images, keypoint_format=args.format, focal_px=focal, center_px=args.center,

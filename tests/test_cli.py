@@ -1,9 +1,16 @@
 """The CLI parses, validates and calls the library; these run it in-process (and once as a module)."""
 
+import shutil
 import subprocess
 import sys
+import time
+
+import numpy as np
+import pytest
 
 from hpe_ray.cli import main
+
+from conftest import write_tiny_dataset
 
 
 def test_bad_config_fails_before_any_cluster_work(tmp_path, capsys):
@@ -14,11 +21,13 @@ def test_bad_config_fails_before_any_cluster_work(tmp_path, capsys):
     assert "train.epocs: unknown key" in err and "bad.yaml" in err
 
 
-def test_bad_override_value_is_named(tmp_path, capsys):
+@pytest.mark.parametrize("flags, key", [(["--set", "loss.beta.kind=exponential"], "loss.beta.kind"),
+                                        (["--epochs", "0"], "train.epochs")])  # 0 is applied, not ignored
+def test_bad_override_value_is_named(tmp_path, capsys, flags, key):
     config = tmp_path / "ok.yaml"
     config.write_text("{}\n")
-    assert main(["train", "--config", str(config), "--set", "loss.beta.kind=exponential"]) == 2
-    assert "loss.beta.kind" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), *flags]) == 2
+    assert key in capsys.readouterr().err
 
 
 def test_synth_writes_a_dataset_and_prints_its_summary(tmp_path, capsys):
@@ -66,19 +75,10 @@ def test_version_and_every_flag_has_help_with_its_default():
     assert undocumented == []
 
 
-def test_zero_is_applied_not_ignored_and_named(tmp_path, capsys):
-    config = tmp_path / "ok.yaml"
-    config.write_text("{}\n")
-    assert main(["train", "--config", str(config), "--epochs", "0"]) == 2
-    assert "train.epochs" in capsys.readouterr().err
-
-
 def test_corrupt_checkpoint_is_one_line_and_a_traceback_only_with_verbose(tmp_path, capsys):
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(b"not a checkpoint at all")
     keypoints = tmp_path / "k.npz"
-    import numpy as np
-
     np.savez(keypoints, keypoints_2d=np.zeros((1, 17, 2)))
     args = ["predict", "--checkpoint", str(checkpoint), "--input", str(keypoints), "--out", str(tmp_path / "o.npz")]
     assert main(args) == 2
@@ -90,8 +90,6 @@ def test_corrupt_checkpoint_is_one_line_and_a_traceback_only_with_verbose(tmp_pa
 
 
 def test_evaluate_rejects_a_misspelt_split_before_loading_anything(capsys):
-    import pytest
-
     with pytest.raises(SystemExit) as exit_:
         main(["evaluate", "--checkpoint", "x", "--data", "y", "--split", "tset"])
     assert exit_.value.code == 2 and "invalid choice: 'tset'" in capsys.readouterr().err
@@ -100,13 +98,6 @@ def test_evaluate_rejects_a_misspelt_split_before_loading_anything(capsys):
 def test_data_errors_no_retry_can_fix_fail_before_ray_starts(tmp_path, capsys):
     """A missing folder, a truncated manifest, a corrupt stats.json, a NaN in a poses index:
     named in one line with exit code 2, before Ray starts (no retries, no traceback)."""
-    import shutil
-    import time
-
-    import numpy as np
-
-    from conftest import write_tiny_dataset
-
     config = tmp_path / "ok.yaml"
     config.write_text("{}\n")
     data = write_tiny_dataset(tmp_path / "data")

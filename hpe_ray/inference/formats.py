@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -45,6 +46,10 @@ COCO_JOINT_NAMES: tuple[str, ...] = (
 # Human3.6M joints that are COCO joints as they are: H36M index -> COCO index.
 _H36M_FROM_COCO = {1: 12, 2: 14, 3: 16, 4: 11, 5: 13, 6: 15, 9: 0,
                    11: 5, 12: 7, 13: 9, 14: 6, 15: 8, 16: 10}
+# The COCO joints each Human3.6M joint is made from by coco_to_h36m (pelvis: hips, spine: hips
+# and shoulders, thorax: shoulders, head top: eyes and shoulders).
+_COCO_SOURCES = {**{h: (c,) for h, c in _H36M_FROM_COCO.items()},
+                 0: (11, 12), 7: (5, 6, 11, 12), 8: (5, 6), 10: (1, 2, 5, 6)}
 # Head top = eye midpoint + HEAD_TOP_OVER_EYES * (eye midpoint - thorax). COCO has no head top;
 # on an adult the crown is about half the shoulder-line-to-eyes distance above the eyes
 # (about 10 cm over 20 cm), which matches where Human3.6M's head-top marker sits.
@@ -132,12 +137,14 @@ def read_keypoints(path: str | Path, keypoint_format: str = "auto") -> KeypointI
     suffix = path.suffix.lower()
     if suffix == ".json":
         entries = _json(path)
-        if _is_mmpose(entries):
-            return read_mmpose_json(path, joint_order=order or "coco")
-        return read_coco_results(path, joint_order=order or "coco")
+        reader = read_mmpose_json if _is_mmpose(entries) else read_coco_results
+        return reader(path, joint_order=order or "coco", entries=entries)
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            files = set(archive.files)
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                files = set(archive.files)
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise BadSampleError(f"{path}: not a readable .npz file: {err}") from None
         if "positions_2d" in files:
             return read_videopose3d_custom(path, joint_order=order or "coco")
         return read_keypoints_npz(path, joint_order=order or "h36m")
@@ -159,16 +166,17 @@ def _is_mmpose(entries) -> bool:
     return isinstance(first, dict) and ("instances" in first or "keypoint_scores" in first)
 
 
-def read_coco_results(path: str | Path, joint_order: str = "coco") -> KeypointInput:
+def read_coco_results(path: str | Path, joint_order: str = "coco", entries=None) -> KeypointInput:
     """COCO keypoint results: a JSON list of {"image_id", "keypoints": [x, y, v] * 17, ...}.
 
     v is the joint's confidence; [0, 0, 0] is COCO's "not labelled" (a missing joint). Samples
     belong to `track_id` (PoseTrack) or `idx` (AlphaPose) when given, else to one person per
     image numbered in file order. Frames are the image ids when they are integers, else the order
-    of first appearance. No camera is stored in this format.
+    of first appearance. No camera is stored in this format. entries: the file's parsed JSON,
+    when the caller has read it already.
     """
     path = Path(path)
-    entries = _json(path)
+    entries = _json(path) if entries is None else entries
     if not isinstance(entries, list):
         raise BadSampleError(f"{path}: expected a JSON list of COCO keypoint results, got {type(entries).__name__}")
     rows, names, tracks, image_ids, problems = [], [], [], [], {}
@@ -191,12 +199,15 @@ def read_coco_results(path: str | Path, joint_order: str = "coco") -> KeypointIn
     return _finish(rows, joint_order, path, names=names, tracks=tracks, frames=frames, problems=problems)
 
 
-def read_mmpose_json(path: str | Path, joint_order: str = "coco") -> KeypointInput:
+def read_mmpose_json(path: str | Path, joint_order: str = "coco", entries=None) -> KeypointInput:
     """MMPose inferencer predictions: one image's list of instances, or a video's list of frames
     {"frame_id", "instances": [{"keypoints": [[x, y]] * 17, "keypoint_scores": [...]}]}.
-    Instances are numbered per frame (a `track_id` when MMPose's tracker wrote one)."""
+    Instances are numbered per frame (a `track_id` when MMPose's tracker wrote one). entries:
+    the file's parsed JSON, when the caller has read it already."""
     path = Path(path)
-    entries = _json(path)
+    entries = _json(path) if entries is None else entries
+    if not _is_mmpose(entries):
+        raise BadSampleError(f"{path}: not MMPose inferencer output (a list of instances or of frames with 'instances')")
     frames_in = entries if "instances" in entries[0] else [{"frame_id": 0, "instances": entries}]
     rows, names, tracks, frames, problems = [], [], [], [], {}
     for position, frame in enumerate(frames_in):
@@ -359,6 +370,15 @@ def read_keypoints_csv(path: str | Path) -> KeypointInput:
                    problems=problems)
 
 
+def track_order(tracks: np.ndarray, frames: np.ndarray) -> dict[str, np.ndarray]:
+    """{track: its sample indices sorted by frame}, tracks in order of first appearance.
+    One sort for all tracks: files of independent samples have as many tracks as samples."""
+    names, first, inverse = np.unique(tracks, return_index=True, return_inverse=True)
+    order = np.lexsort((frames, inverse))  # by track, then by frame; ties keep file order
+    groups = np.split(order, np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1])
+    return {str(names[k]): groups[k] for k in np.argsort(first)}
+
+
 def fill_low_confidence(keypoints: KeypointInput, min_score: float) -> tuple[KeypointInput, np.ndarray]:
     """Replace joints below `min_score` (or missing) by linear interpolation over time within their
     track, from the frames where that joint is confident; joints with no confident frame in their
@@ -366,9 +386,9 @@ def fill_low_confidence(keypoints: KeypointInput, min_score: float) -> tuple[Key
     that were below the threshold or missing). Samples made whole lose their problem."""
     xy = keypoints.keypoints_2d_px.copy()
     low = ~(keypoints.scores >= min_score) | ~np.all(np.isfinite(xy), axis=2)
-    for track in np.unique(keypoints.tracks):
-        rows = np.flatnonzero(keypoints.tracks == track)
-        rows = rows[np.argsort(keypoints.frames[rows], kind="stable")]
+    for rows in track_order(keypoints.tracks, keypoints.frames).values():
+        if len(rows) < 2 or not low[rows].any():
+            continue
         frames = keypoints.frames[rows]
         for joint in range(NUM_JOINTS):
             good = ~low[rows, joint]
@@ -429,24 +449,16 @@ def _finish(rows, joint_order: str, path: Path, *, names, tracks, frames, proble
     if len(rows) == 0:
         raise BadSampleError(f"{path}: contains no samples")
     triplets = np.asarray(rows, np.float64).reshape(len(rows), NUM_JOINTS, 3)
+    keypoints, scores = triplets[..., :2], np.nan_to_num(triplets[..., 2])
     if joint_order == "coco":
-        # A derived joint's score is the lowest of the joints it comes from.
-        scores = _coco_min_scores(np.nan_to_num(triplets[..., 2]))
-        triplets = coco_to_h36m(triplets)
-        triplets[..., 2] = scores
-    return KeypointInput(keypoints_2d_px=triplets[..., :2], scores=np.nan_to_num(triplets[..., 2]),
+        keypoints, scores = coco_to_h36m(keypoints), _coco_min_scores(scores)
+    return KeypointInput(keypoints_2d_px=keypoints, scores=scores,
                          tracks=np.asarray(tracks, dtype=str), frames=np.asarray(frames, dtype=np.int64),
                          names=np.asarray(names, dtype=str), focal_px=focal, center_px=center,
                          image_size_px=image_size, problems=dict(problems or {}))
 
 
 def _coco_min_scores(scores: np.ndarray) -> np.ndarray:
-    """(N, 17) COCO scores -> (N, 17) Human3.6M scores, derived joints taking the minimum of their sources."""
-    out = np.empty_like(scores)
-    for h36m_index, coco_index in _H36M_FROM_COCO.items():
-        out[:, h36m_index] = scores[:, coco_index]
-    hips, shoulders, eyes = scores[:, [11, 12]].min(1), scores[:, [5, 6]].min(1), scores[:, [1, 2]].min(1)
-    out[:, 0], out[:, 8] = hips, shoulders
-    out[:, 7] = np.minimum(hips, shoulders)
-    out[:, 10] = np.minimum(eyes, shoulders)
-    return out
+    """(N, 17) COCO scores -> (N, 17) Human3.6M scores: each joint the lowest of the COCO joints
+    `coco_to_h36m` builds it from."""
+    return np.stack([scores[:, list(_COCO_SOURCES[j])].min(axis=1) for j in range(NUM_JOINTS)], axis=1)

@@ -73,6 +73,13 @@ class Lifter:
         """Side (px) of the square crops the RGB encoder takes."""
         return self.checkpoint.cfg.data.image_size
 
+    @property
+    def needs_camera(self) -> bool:
+        """Only mode_2d "camera" models use intrinsics: "pixel" ones take raw pixels and "scaled"
+        ones a root-relative pose divided by its own size, where focal length and principal
+        point cancel (square pixels assumed)."""
+        return self.stats.mode_2d == "camera"
+
     def default_camera(self) -> tuple[np.ndarray, np.ndarray]:
         """(focal_px, center_px) for inputs without intrinsics (see the class docstring)."""
         stored = self.checkpoint.state.get("extra", {}).get("train_camera")
@@ -137,13 +144,11 @@ class Lifter:
         return self._predict(inputs, "rgb", valid, problems, hypotheses, batch_size, progress, seed)
 
     def _camera(self, focal_px, center_px, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-sample (focal (N, 2), center (N, 2)). Pixel-mode models ignore the camera, and so do
-        scaled-mode ones: their input is root-relative and divided by the pose's own size, where
-        focal length and principal point cancel (square pixels assumed)."""
+        """Per-sample (focal (N, 2), center (N, 2)); placeholders for models that need no camera."""
         if (focal_px is None) != (center_px is None):
             raise ValueError("give both focal_px and center_px, or neither (the default camera)")
         if focal_px is None:
-            if self.stats.mode_2d in ("pixel", "scaled"):
+            if not self.needs_camera:
                 return np.ones((count, 2)), np.zeros((count, 2))
             focal_px, center_px = self.default_camera()
             warnings.warn(f"no camera intrinsics given: using the training data's most common camera "

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from hpe_ray.data.bvh import HPE_RAY
+from hpe_ray.inference.formats import track_order
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS
 
 # Camera frame -> BVH frame (Y up, the person facing +z when facing the camera): 180 degrees about x.
@@ -25,15 +26,6 @@ _REST_DIRECTIONS = np.array([
 _CHILDREN = [[c for c in range(NUM_JOINTS) if PARENTS[c] == j] for j in range(NUM_JOINTS)]
 _END_SITE_CM = 5.0
 _CHANNELS = "CHANNELS 6 Xposition Yposition Zposition Zrotation Xrotation Yrotation"
-
-
-def track_order(tracks: np.ndarray, frames: np.ndarray) -> dict[str, np.ndarray]:
-    """{track: its sample indices sorted by frame}, tracks in order of first appearance."""
-    order = {}
-    for track in dict.fromkeys(tracks.tolist()):
-        rows = np.flatnonzero(tracks == track)
-        order[track] = rows[np.argsort(frames[rows], kind="stable")]
-    return order
 
 
 def smooth_tracks(poses_mm: np.ndarray, tracks: np.ndarray, frames: np.ndarray, window: int) -> np.ndarray:

@@ -26,7 +26,7 @@ and skipped; the rest of the input is still lifted.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +34,10 @@ from tqdm import tqdm
 
 from hpe_ray.camera import DEFAULT_FOV_DEG, intrinsics_from_image_size
 from hpe_ray.data.sample import BadSampleError
-from hpe_ray.inference.formats import DEFAULT_MIN_SCORE, KeypointInput, fill_low_confidence, read_keypoints
+from hpe_ray.inference.formats import (DEFAULT_MIN_SCORE, KeypointInput, fill_low_confidence, read_keypoints,
+                                       track_order)
 from hpe_ray.inference.lifter import LiftResult, Lifter, resize_crop
-from hpe_ray.inference.outputs import smooth_tracks, track_order, write_bvh, write_viewer_json
+from hpe_ray.inference.outputs import smooth_tracks, write_bvh, write_viewer_json
 from hpe_ray.skeleton import JOINT_NAMES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -119,16 +120,16 @@ def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Pa
         # (e.g. a bad camera) get the file name here.
         summary.problems += [keypoints.problems[i] if i in keypoints.problems else f"{keypoints_path}: {problem}"
                              for i, problem in sorted(result.problems.items())]
-        poses = result.poses_3d
         if smooth_frames > 1:
-            poses = smooth_tracks(poses, keypoints.tracks, keypoints.frames, smooth_frames)
+            result = replace(result, poses_3d=smooth_tracks(result.poses_3d, keypoints.tracks, keypoints.frames,
+                                                            smooth_frames))
             summary.notes.append(f"3D mean poses smoothed over {smooth_frames} frames per track")
-        arrays.update(_result_arrays(LiftResult(poses, result.hypotheses, result.valid), ""),
+        arrays.update(_result_arrays(result, ""),
                       names=keypoints.names, tracks=keypoints.tracks, frames=keypoints.frames,
                       keypoints_2d=keypoints.keypoints_2d_px, keypoint_scores=keypoints.scores,
                       low_confidence=low_confidence)
         summary.keypoint_samples, summary.keypoint_lifted = len(result.valid), int(result.valid.sum())
-        sequence = (poses, result, keypoints, low_confidence)
+        sequence = (result, keypoints, low_confidence)
     if images_dir is not None:
         files, crops, problems = read_crops(images_dir, lifter.image_size)
         result = lifter.lift_images(crops, hypotheses=hypotheses, progress=len(files) > PROGRESS_MIN_IMAGES, seed=seed)
@@ -159,7 +160,7 @@ def _camera(keypoints: KeypointInput, lifter: Lifter, focal_px, center_px, image
         return focal_px, center_px
     if keypoints.focal_px is not None:
         return keypoints.focal_px, keypoints.center_px
-    if lifter.stats.mode_2d != "camera":
+    if not lifter.needs_camera:
         return None, None
     sizes = (np.broadcast_to(np.asarray(image_size_px, np.float64), (len(keypoints.names), 2))
              if image_size_px is not None else keypoints.image_size_px)
@@ -175,11 +176,12 @@ def _camera(keypoints: KeypointInput, lifter: Lifter, focal_px, center_px, image
     return focal, center
 
 
-def _write_sequences(output: Path, formats, fps: float, poses: np.ndarray, result: LiftResult,
-                     keypoints: KeypointInput, low_confidence: np.ndarray, summary: PredictSummary) -> list[Path]:
+def _write_sequences(output: Path, formats, fps: float, result: LiftResult, keypoints: KeypointInput,
+                     low_confidence: np.ndarray, summary: PredictSummary) -> list[Path]:
+    """The viewer JSON and the per-track BVHs asked for in `formats`; their paths."""
     written = []
     if "json" in formats:
-        written.append(write_viewer_json(output.with_suffix(".json"), poses, result.valid, keypoints.tracks,
+        written.append(write_viewer_json(output.with_suffix(".json"), result.poses_3d, result.valid, keypoints.tracks,
                                          keypoints.frames, fps, result.hypotheses, low_confidence))
     if "bvh" in formats:
         tracks = track_order(keypoints.tracks, keypoints.frames)
@@ -188,7 +190,7 @@ def _write_sequences(output: Path, formats, fps: float, poses: np.ndarray, resul
             if len(rows) == 0:
                 continue
             name = output.stem if len(tracks) == 1 else f"{output.stem}_{track}"
-            written.append(write_bvh(output.with_name(f"{name}.bvh"), poses[rows].astype(np.float64), fps))
+            written.append(write_bvh(output.with_name(f"{name}.bvh"), result.poses_3d[rows].astype(np.float64), fps))
             if len(rows) < int(np.sum(keypoints.tracks == track)):
                 summary.notes.append(f"track {track}: frames that could not be lifted are left out of its BVH")
     return written
