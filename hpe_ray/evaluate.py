@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpe_ray.data.stream import load_pose_arrays
-from hpe_ray.metrics import base_action, mpjpe, pa_mpjpe, per_action_table, summarize_hypotheses
-from hpe_ray.normalization import root_relative
+from hpe_ray.data.stream import load_pose_arrays, load_stats
+from hpe_ray.metrics import POSE_ERRORS, base_action, mpjpe, pa_mpjpe, per_action_table, summarize_hypotheses
+from hpe_ray.normalization import add_root, root_relative
 from hpe_ray.training.checkpoint import LoadedCheckpoint, load_checkpoint
 from hpe_ray.training.data import array_batches, eval_loader, to_device
 from hpe_ray.training.loop import batch_errors
@@ -66,6 +66,8 @@ def evaluate_checkpoint(checkpoint, data_dir: str | Path, *, split: str = "test"
         raise ValueError(f"{loaded.path}: the model cannot lift from {modality!r} to 3D "
                          f"(encoders {sorted(encoders)}, decoders {sorted(decoders)})")
     device = torch.device(device)
+    # K = 1 reports the mean's Protocol 1 and 2 only: no sample to draw, no best-of-K to fit.
+    names, drawn = (tuple(POSE_ERRORS), hypotheses) if hypotheses > 1 else (("mpjpe", "pa_mpjpe"), 0)
     errors: dict[str, list[np.ndarray]] = {}
     actions: list[str] = []
     # Seeded hypotheses without touching the caller's random state.
@@ -73,7 +75,7 @@ def evaluate_checkpoint(checkpoint, data_dir: str | Path, *, split: str = "test"
         torch.manual_seed(seed)
         for batch in _batches(loaded, data_dir, split, modality):
             batch = to_device(batch, device)
-            for name, values in batch_errors(loaded.model, batch, modality, loaded.stats, hypotheses).items():
+            for name, values in batch_errors(loaded.model, batch, modality, loaded.stats, drawn, names).items():
                 errors.setdefault(name, []).append(values.cpu().numpy())
             actions += [base_action(str(a)) for a in batch["action"]]
     if not actions:
@@ -135,7 +137,8 @@ def mean_pose_tables(data_dir: str | Path, split: str = "test") -> dict[str, dic
     """Protocol 1 and 2 per action, as `EvalResult.tables`, of the training split's mean
     root-relative pose predicted for every frame of `split`: the error of a model that ignores
     its input, the level a trained model must beat."""
-    mean_pose_mm = root_relative(load_pose_arrays(data_dir, "train").pose_3d_cam_mm.astype(np.float64)).mean(0)
+    # stats.json holds the training split's mean root-relative pose: no need to read the split.
+    mean_pose_mm = add_root(load_stats(data_dir).mean_3d.astype(np.float64))
     arrays = load_pose_arrays(data_dir, split)
     truth_mm = root_relative(arrays.pose_3d_cam_mm.astype(np.float64))  # (N, 17, 3)
     predicted_mm = np.broadcast_to(mean_pose_mm, truth_mm.shape)

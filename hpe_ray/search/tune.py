@@ -19,7 +19,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from hpe_ray.config import Config, ConfigError
+from hpe_ray.config import Config, ConfigError, absolute_paths
 from hpe_ray.search.results import SearchResult, summarize_search
 from hpe_ray.search.space import (ASHA_METRIC, MODE, SEARCH_INFO, SEARCH_METRIC, SPACE_COPY, SearchSettings,
                                   SearchSpace, edge_points, load_space, max_epochs, trial_config)
@@ -152,7 +152,8 @@ def _trainable(space: SearchSpace, data_dir: Path, experiment_dir: Path):
     from ray import tune
 
     own_process = in_process(space)
-    shared = tune.with_parameters(run_trial, base=space.base.model_dump(), data_dir=str(data_dir),
+    # Paths resolved here, in the driver's directory: trials run in their own.
+    shared = tune.with_parameters(run_trial, base=absolute_paths(space.base).model_dump(), data_dir=str(data_dir),
                                   train_storage=str(experiment_dir / TRAIN_RUNS), train_in_process=own_process)
     per_trial = space_resources(space) if own_process else {"CPU": space.settings.trial_cpus, "GPU": 0}
     return tune.with_resources(shared, {"cpu": per_trial["CPU"], "gpu": per_trial["GPU"]})
