@@ -5,14 +5,17 @@ PY     := $(VENV)/bin/python
 DATA   ?= data/synthetic
 # torch/torchvision pinned to the releases the reference machine caches locally (CPU here, CUDA on clusters).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# A machine without a GPU: `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the
+# CPU wheels of torch/torchvision (PyPI's CUDA build makes .venv about 7 GB). Empty: the default index.
+TORCH_INDEX ?=
 
 .PHONY: install demo test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
+	$(PY) -m pip install -q -e '.[test,export,h36m,video,dashboard]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -66,14 +66,14 @@ def _cmd_data_bvh(args: argparse.Namespace) -> None:
     _print_summary(args.out)
 
 
-def _print_summary(data_dir: str) -> None:
+def _print_summary(data_dir: str, full: bool = False) -> None:
     from hpe_ray.data.shards import summary
 
-    print(summary(data_dir))
+    print(summary(data_dir, full=full))
 
 
 def _cmd_data_summary(args: argparse.Namespace) -> None:
-    _print_summary(args.dir)
+    _print_summary(args.dir, full=args.full)
 
 
 def _cmd_data_verify(args: argparse.Namespace) -> None:
@@ -140,12 +140,28 @@ def _cmd_report(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> None:
+    from hpe_ray.search.dashboard import describe_dashboard, make_dashboard_server
+
+    server = make_dashboard_server(args.experiment_dir, host=args.host, port=args.port, storage=args.storage)
+    print(describe_dashboard(server, args.experiment_dir), flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 # ---------------------------------------------------------------- results
 
 def _cmd_viz(args: argparse.Namespace) -> None:
     from hpe_ray import figures
 
-    if args.figure == "predictions":
+    if args.figure == "animate":
+        paths = [figures.animate_predictions(args.predictions, args.out, track=args.track, fps=args.fps,
+                                             max_frames=args.max_frames)]
+    elif args.figure == "predictions":
         paths = figures.predictions_figure(args.checkpoint, args.data, split=args.split, n=args.n,
                                            hypotheses=args.hypotheses, seed=args.seed, out=args.out)
     elif args.figure == "latent":
@@ -182,6 +198,15 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     run_demo(data_dir=args.data, out_dir=args.out, space=args.space, trials=args.trials,
              crossmodal_config=None if args.no_crossmodal else args.crossmodal_config)
+
+
+def _cmd_requirements(args: argparse.Namespace) -> None:
+    import json
+
+    from hpe_ray.dependencies import CLUSTER_PROVIDED, cluster_requirements
+
+    requirements = cluster_requirements(tuple(args.extra), exclude=() if args.all else CLUSTER_PROVIDED)
+    print(json.dumps({"pip": requirements}) if args.runtime_env else "\n".join(requirements))
 
 
 # ---------------------------------------------------------------- parser
@@ -257,13 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(dsub, "summary", _cmd_data_summary, "print a dataset's counts, subjects, actions and shard sizes")
     p.add_argument("dir", help="dataset folder")
+    p.add_argument("--full", action="store_true", help="list every subject, action and camera (default: the first 12)")
     p = _add(dsub, "verify", _cmd_data_verify, "read every shard and report bad samples")
     p.add_argument("dir", help="dataset folder")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="raise: stop at the first bad sample, naming it; skip: leave it out and count it")
 
     p = _add(sub, "train", _cmd_train, "train with Ray Train (resumes a run of the same name)")
-    p.add_argument("--config", required=True, help="config YAML (see configs/)")
+    p.add_argument("--config", required=True, help="config YAML, or a packaged one by name (lifting, crossmodal, ...)")
     p.add_argument("--data", help="shard directory (overrides data.dir)")
     p.add_argument("--workers", type=int, help="Ray Train workers (overrides scaling.workers)")
     p.add_argument("--gpus-per-worker", type=float, help="overrides scaling.gpus_per_worker")
@@ -282,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for CSV and Markdown tables (default: evaluation/ beside the checkpoint)")
 
     p = _add(sub, "tune", _cmd_tune, "hyperparameter search with Ray Tune + Optuna + ASHA")
-    p.add_argument("--space", required=True, help="search space YAML (see tune_spaces/)")
+    p.add_argument("--space", required=True, help="search space YAML, or a packaged one by name (quick, lifting, crossmodal)")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--trials", type=int, help="number of trials (default: the space's num_samples)")
     p.add_argument("--resume", action="store_true", help="continue the experiment of this name")
@@ -293,17 +319,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "report", _cmd_report, "leaderboard and plots of a search")
     p.add_argument("experiment_dir", help="a search's experiment folder")
 
-    p = _add(sub, "viz", _cmd_viz, "figures: predictions, latent (UMAP), errors")
-    p.add_argument("figure", choices=["predictions", "latent", "errors"], help="which figure")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, checkpoint folder or run folder (its best checkpoint)")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to draw from")
-    p.add_argument("--n", type=int, default=25, help="predictions: samples shown")
-    p.add_argument("--hypotheses", type=int, default=1, help="predictions: hypotheses drawn per sample")
-    p.add_argument("--n-neighbors", type=int, nargs="+", default=[5, 15, 50, 200], help="latent: UMAP n_neighbors, one panel each")
-    p.add_argument("--max-points", type=int, default=3000, help="latent: samples embedded")
+    p = _add(sub, "dashboard", _cmd_dashboard, "live optuna-dashboard of a search (running or finished)")
+    p.add_argument("experiment_dir", help="a search's experiment folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; other than loopback exposes it unauthenticated")
+    p.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one (printed)")
+    p.add_argument("--storage", help="the study's database URL, when search.json masks its password")
+
+    viz = _add(sub, "viz", _cmd_viz, "figures: predictions, latent (UMAP), errors; animate a predict .npz")
+    vsub = viz.add_subparsers(dest="figure", required=True)
+
+    def checkpoint_figure(name: str, help: str) -> argparse.ArgumentParser:
+        p = _add(vsub, name, _cmd_viz, help)
+        p.add_argument("--checkpoint", required=True, help="checkpoint file, checkpoint folder or run folder (its best checkpoint)")
+        p.add_argument("--data", required=True, help="dataset folder")
+        p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to draw from")
+        p.add_argument("--out", required=True, help="output file stem (PNG and PDF written)")
+        return p
+
+    p = checkpoint_figure("predictions", "predicted vs ground-truth 3D skeletons of samples of a split")
+    p.add_argument("--n", type=int, default=25, help="samples shown")
+    p.add_argument("--hypotheses", type=int, default=1, help="hypotheses drawn per sample")
+    p.add_argument("--seed", type=int, default=0, help="sample selection seed")
+    p = checkpoint_figure("latent", "UMAP of the latent means of every encoder on a split")
+    p.add_argument("--n-neighbors", type=int, nargs="+", default=[5, 15, 50, 200], help="UMAP n_neighbors, one panel each")
+    p.add_argument("--max-points", type=int, default=3000, help="samples embedded")
     p.add_argument("--seed", type=int, default=0, help="sample selection and UMAP seed")
-    p.add_argument("--out", required=True, help="output file stem (PNG and PDF written)")
+    checkpoint_figure("errors", "MPJPE per joint, MPJPE and PA-MPJPE per action on a split")
+    p = _add(vsub, "animate", _cmd_viz, "MP4 or GIF of one track of a `hpe-ray predict` .npz: 2D input left, "
+                                        "3D mean pose and hypotheses right")
+    p.add_argument("predictions", help="the .npz written by `hpe-ray predict` from 2D keypoints")
+    p.add_argument("--out", required=True, help="output .mp4 or .gif (the format follows the suffix)")
+    p.add_argument("--track", help="track to animate (default: the longest)")
+    p.add_argument("--fps", type=float, help="frame rate (default: the file's `predict --fps`, else 25)")
+    p.add_argument("--max-frames", type=int, help="animate only the track's first N samples (default: all)")
 
     p = _add(sub, "predict", _cmd_predict, "lift 2D keypoints (images or sequences) or person crops to 3D")
     p.add_argument("--checkpoint", required=True, help="checkpoint file, checkpoint folder or run folder")
@@ -337,13 +385,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "demo", _cmd_demo, "the main job: default dataset + quick search + leaderboard + cross-modal stage")
     p.add_argument("--data", default="data/synthetic", help="dataset folder (generated when missing)")
     p.add_argument("--out", default="runs", help="folder for the search and the cross-modal run")
-    p.add_argument("--space", default=str(Path(__file__).resolve().parents[1] / "tune_spaces" / "quick.yaml"),
-                   help="search space YAML")
+    p.add_argument("--space", default="quick", help="search space YAML, or a packaged one by name")
     p.add_argument("--trials", type=int, help="number of trials (default: the space's num_samples)")
     p.add_argument("--crossmodal-config",
-                   default=str(Path(__file__).resolve().parents[1] / "configs" / "crossmodal-demo.yaml"),
+                   default="crossmodal-demo",
                    help="config of the cross-modal stage (RGB -> 3D beside 2D -> 3D); its image size is the dataset's")
     p.add_argument("--no-crossmodal", action="store_true", help="skip the cross-modal stage")
+
+    p = _add(sub, "requirements", _cmd_requirements,
+             "the installed hpe-ray's dependencies for a Ray job's runtime environment (without torch, "
+             "torchvision and ray, which the cluster provides)")
+    p.add_argument("--extra", action="append", default=[], choices=["export", "h36m", "video", "dashboard", "test"],
+                   help="also an optional extra's packages (repeatable)")
+    p.add_argument("--all", action="store_true", help="keep torch, torchvision and ray")
+    p.add_argument("--runtime-env", action="store_true",
+                   help='print {"pip": [...]} for `ray job submit --runtime-env-json`, not one requirement a line')
     return parser
 
 
@@ -363,6 +419,7 @@ def log_level(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from hpe_ray.config import ConfigError
     from hpe_ray.data.sample import BadSampleError
+    from hpe_ray.dependencies import MissingExtraError
 
     args = build_parser().parse_args(argv)
     level = log_level(args)
@@ -370,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(level)  # Tune's progress tables follow it too
     try:
         args.func(args)
-    except (ConfigError, BadSampleError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (ConfigError, BadSampleError, FileNotFoundError, FileExistsError, ValueError, MissingExtraError) as err:
         if level <= logging.DEBUG:
             traceback.print_exc()
         print(f"hpe-ray: error: {err}", file=sys.stderr)

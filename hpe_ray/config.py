@@ -262,9 +262,46 @@ def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
     return tree
 
 
+RESOURCE_KINDS = {"configs": "config", "tune_spaces": "search space"}
+"""The YAML folders that ship inside the package (hpe_ray/configs, hpe_ray/tune_spaces in a wheel;
+configs/, tune_spaces/ at the top of the repository)."""
+
+
+def resource_dir(kind: str) -> Path:
+    """The folder of the packaged `kind` files: inside the installed package, else (a source
+    checkout or an editable install) the repository's top-level folder."""
+    if kind not in RESOURCE_KINDS:
+        raise ValueError(f"kind must be one of {sorted(RESOURCE_KINDS)}, got {kind!r}")
+    here = Path(__file__).resolve().parent
+    packaged = here / kind
+    return packaged if packaged.is_dir() else here.parent / kind
+
+
+def resource_names(kind: str) -> list[str]:
+    """The names (file stems) of the packaged `kind` files, e.g. ['crossmodal', 'lifting', 'quick']."""
+    folder = resource_dir(kind)
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def find_resource(kind: str, name_or_path: str | Path) -> Path:
+    """An existing file wins; else a bare name (`quick` or `quick.yaml`) is one of the packaged
+    `kind` files; else a ConfigError that lists the packaged names."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:
+        stem = path.stem if path.suffix in (".yaml", ".yml") else path.name
+        packaged = resource_dir(kind) / f"{stem}.yaml"
+        if packaged.is_file():
+            return packaged
+    raise ConfigError(f"{path}: {RESOURCE_KINDS[kind]} file not found "
+                      f"(packaged ones, by name: {', '.join(resource_names(kind)) or 'none'})")
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML config file; unknown keys and bad values raise ConfigError naming the key."""
-    path = Path(path)
+    """Read a YAML config file (a path, or the name of a packaged one: `lifting`); unknown keys
+    and bad values raise ConfigError naming the key."""
+    path = find_resource("configs", path)
     tree = read_yaml_mapping(path, "config file", "a mapping of sections")
     return config_from_dict(apply_overrides(tree, overrides or {}), origin=str(path))
 

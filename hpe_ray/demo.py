@@ -14,10 +14,11 @@ INPUT_LABELS = {"rgb": "RGB crop -> 3D", "pose2d": "2D pose -> 3D"}
 
 
 def run_demo(data_dir: str | Path = "data/synthetic", out_dir: str | Path = "runs",
-             space: str | Path = "tune_spaces/quick.yaml", trials: int | None = None, name: str = "demo",
-             crossmodal_config: str | Path | None = "configs/crossmodal-demo.yaml") -> None:
+             space: str | Path = "quick", trials: int | None = None, name: str = "demo",
+             crossmodal_config: str | Path | None = "crossmodal-demo") -> None:
     """Generate the default synthetic dataset (once), run the search, print where to look, then
     train and evaluate the cross-modal model of `crossmodal_config` (None: skip that stage).
+    `space` and `crossmodal_config` are files or the names of packaged ones.
 
     The dataset's crops are rendered at the cross-modal config's image size (poses only when the
     stage is skipped). Re-running resumes an interrupted search and training and reuses the dataset.

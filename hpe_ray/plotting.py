@@ -12,7 +12,7 @@ where depth errors (the hard part of lifting) are visible.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,17 +78,28 @@ def camera_to_display(pose_3d_cam_mm: np.ndarray) -> np.ndarray:
 
 
 def _draw_skeletons(ax, poses_display: np.ndarray, *, colors: Sequence[str] | str, linewidth: float,
-                    alpha: float = 1.0, zorder: float = 1.0) -> None:
-    """Bones of display-frame poses (..., 17, 3) as one collection (thousands of separate lines
-    would take most of a figure's drawing time)."""
+                    alpha: float = 1.0, zorder: float = 1.0, linestyles: Sequence[str] | str = "solid"):
+    """Bones of display-frame poses (..., 17, 3) on 3D axes, or of image poses (..., 17, 2) on 2D
+    axes, as one collection (thousands of separate lines would take most of a figure's drawing
+    time); colors and linestyles: one, or one per bone of BONES. Returns the collection."""
+    from matplotlib.collections import LineCollection
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
-    poses_display = poses_display.reshape(-1, NUM_JOINTS, 3)
+    dims = poses_display.shape[-1]
+    poses_display = poses_display.reshape(-1, NUM_JOINTS, dims)
     parents, children = [p for p, _ in BONES], [c for _, c in BONES]
-    segments = np.stack([poses_display[:, parents], poses_display[:, children]], axis=2).reshape(-1, 2, 3)
+    segments = np.stack([poses_display[:, parents], poses_display[:, children]], axis=2).reshape(-1, 2, dims)
     bone_colors = [colors] * len(BONES) if isinstance(colors, str) else list(colors)
-    ax.add_collection3d(Line3DCollection(segments, colors=bone_colors * len(poses_display), linewidths=linewidth,
-                                         alpha=alpha, capstyle="round", zorder=zorder))
+    bone_styles = [linestyles] * len(BONES) if isinstance(linestyles, str) else list(linestyles)
+    style = dict(colors=bone_colors * len(poses_display), linestyles=bone_styles * len(poses_display),
+                 linewidths=linewidth, alpha=alpha, capstyle="round", zorder=zorder)
+    if dims == 3:
+        collection = Line3DCollection(segments, **style)
+        ax.add_collection3d(collection)
+    else:
+        collection = LineCollection(segments, **style)
+        ax.add_collection(collection, autolim=False)
+    return collection
 
 
 def _pose_panel(ax, pred_mm: np.ndarray, gt_mm: np.ndarray, hypotheses_mm: np.ndarray | None,
@@ -113,10 +124,14 @@ def _pose_panel(ax, pred_mm: np.ndarray, gt_mm: np.ndarray, hypotheses_mm: np.nd
               ha="center", va="top", fontsize=8.5)
     # Centred on the pair's bounding box with a shared half range: panels share one scale.
     both = np.concatenate([gt_display, pred_display])
-    centre = 0.5 * (both.min(0) + both.max(0))
-    ax.set_xlim(centre[0] - half_range_mm, centre[0] + half_range_mm)
-    ax.set_ylim(centre[1] - half_range_mm, centre[1] + half_range_mm)
-    ax.set_zlim(centre[2] - half_range_mm, centre[2] + half_range_mm)
+    _frame_3d_axes(ax, 0.5 * (both.min(0) + both.max(0)), half_range_mm, view)
+
+
+def _frame_3d_axes(ax, centre_display: np.ndarray, half_range_mm: float, view: tuple[float, float]) -> None:
+    """A cube of half_range_mm around centre_display (display frame), seen from `view`; no tick
+    labels, light panes."""
+    for set_lim, centre in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), centre_display):
+        set_lim(centre - half_range_mm, centre + half_range_mm)
     ax.set_box_aspect((1, 1, 1), zoom=1.12)
     ax.view_init(elev=view[0], azim=view[1])
     ax.set_xticklabels([])
@@ -201,6 +216,135 @@ def render_predictions_image(pred_mm, gt_mm, *, hypotheses_mm=None, titles: Sequ
     """`plot_predictions` as an (H, W, 3) uint8 image, e.g. for SummaryWriter.add_image(dataformats="HWC")."""
     return figure_to_image(predictions_plot(pred_mm, gt_mm, hypotheses_mm=hypotheses_mm, titles=titles,
                                             columns=columns), dpi=dpi)
+
+
+# ---------------------------------------------------------------- sequences
+
+LOW_CONFIDENCE_COLOR = "#9a9a9a"
+ANIMATION_SIZE_PX = (960, 480)
+_JOINT_COLORS = np.array([_bone_color(j) for j in range(NUM_JOINTS)])
+_BONE_PARENTS = np.array([p for p, _ in BONES])
+_BONE_CHILDREN = np.array([c for _, c in BONES])
+
+
+def sequence_frames(keypoints_2d_px, poses_mm, *, low_confidence=None, hypotheses_mm=None, frames=None,
+                    image_size_px=None, title: str = "", size_px: tuple[int, int] = ANIMATION_SIZE_PX,
+                    view: tuple[float, float] = DEFAULT_VIEW) -> Iterator[np.ndarray]:
+    """The frames of a lifted sequence, drawn one at a time on one figure: (H, W, 3) uint8 RGB
+    arrays of size_px (width, height), one per pose.
+
+    Left: the 2D input keypoints_2d_px (T, 17, 2), image pixels with y down; joints flagged in
+    low_confidence (T, 17) (scored low or missing, filled from neighbouring frames) are hollow
+    and grey, their bones dashed. Right: the 3D mean pose poses_mm (T, 17, 3), root-relative
+    camera-frame mm, as the skeleton, upright (see `camera_to_display`), with hypotheses_mm
+    (T, K, 17, 3) drawn faintly around it; a pose with NaN (not lifted) is left out and said so.
+    Both panels keep one view for the whole sequence: the 2D one the keypoints' extent (within
+    the frame when image_size_px (width, height) is given, its edge dotted), the 3D one a box
+    fitting the mean poses. frames (T,): frame numbers for the title (default 0 .. T-1).
+    """
+    keypoints = np.asarray(keypoints_2d_px, np.float64)
+    poses = np.asarray(poses_mm, np.float64)
+    count = len(poses)
+    if count == 0:
+        raise ValueError("no frames to draw")
+    if poses.shape[1:] != (NUM_JOINTS, 3) or keypoints.shape != (count, NUM_JOINTS, 2):
+        raise ValueError(f"poses_mm must be (T, {NUM_JOINTS}, 3) and keypoints_2d_px (T, {NUM_JOINTS}, 2), got "
+                         f"{poses.shape} and {keypoints.shape}")
+    low = (np.zeros((count, NUM_JOINTS), bool) if low_confidence is None
+           else np.asarray(low_confidence, bool))
+    if low.shape != (count, NUM_JOINTS):
+        raise ValueError(f"low_confidence must be ({count}, {NUM_JOINTS}), got {low.shape}")
+    if hypotheses_mm is not None:
+        hypotheses_mm = np.asarray(hypotheses_mm, np.float64)
+        if hypotheses_mm.ndim != 4 or hypotheses_mm.shape[0] != count or hypotheses_mm.shape[2:] != (NUM_JOINTS, 3):
+            raise ValueError(f"hypotheses_mm must be ({count}, K, {NUM_JOINTS}, 3), got {hypotheses_mm.shape}")
+    frames = np.arange(count) if frames is None else np.asarray(frames)
+
+    width_px, height_px = size_px
+    fig = Figure(figsize=(width_px / 100, height_px / 100), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax_2d = fig.add_axes((0.07, 0.15, 0.40, 0.74))
+    with rc_context({"grid.color": "#d9d9d9"}):  # 3D axes read their grid colour when created
+        ax_3d = fig.add_axes((0.50, 0.09, 0.48, 0.82), projection="3d")
+    _frame_2d_axes(ax_2d, keypoints, image_size_px)
+    ax_3d.computed_zorder = False  # hypotheses, then the mean, then its joints
+    lifted = np.all(np.isfinite(poses), axis=(1, 2))
+    display = camera_to_display(poses[lifted])
+    if len(display):
+        extent = display.max(1) - display.min(1)
+        half_range_mm = 0.55 * max(float(np.percentile(extent.max(1), 95)), 1.0)
+        centre = np.median(0.5 * (display.max(1) + display.min(1)), axis=0)
+    else:
+        half_range_mm, centre = 1000.0, np.zeros(3)
+    _frame_3d_axes(ax_3d, centre, half_range_mm, view)
+    ax_2d.set_title("2D input (image px)", fontsize=9)
+    kind = "mean" if hypotheses_mm is None else f"mean and {hypotheses_mm.shape[1]} hypotheses"
+    ax_3d.text2D(0.5, 1.0, f"3D prediction ({kind}), mm", transform=ax_3d.transAxes, ha="center", va="bottom",
+                 fontsize=9)
+    handles = [Line2D([], [], color=LEFT_COLOR, linewidth=2.0, marker="o", markersize=4, label="left"),
+               Line2D([], [], color=RIGHT_COLOR, linewidth=2.0, marker="o", markersize=4, label="right"),
+               Line2D([], [], color=LOW_CONFIDENCE_COLOR, linewidth=1.5, linestyle="--", marker="o", markersize=5,
+                      markerfacecolor="none", label="joint scored low or missing (filled from neighbouring frames)")]
+    if hypotheses_mm is not None:
+        handles.append(Line2D([], [], color=CENTRE_COLOR, linewidth=0.8, alpha=0.4, label="sampled hypotheses"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
+    heading = fig.text(0.5, 0.99, "", ha="center", va="top", fontsize=10)
+
+    artists: list = []
+    for t in range(count):
+        for artist in artists:
+            artist.remove()
+        xy, low_t = keypoints[t], low[t]
+        bone_low = low_t[_BONE_PARENTS] | low_t[_BONE_CHILDREN]
+        artists = [
+            _draw_skeletons(ax_2d, xy, colors=np.where(bone_low, LOW_CONFIDENCE_COLOR, _BONE_COLORS).tolist(),
+                            linewidth=2.0, linestyles=np.where(bone_low, "--", "-").tolist()),
+            ax_2d.scatter(xy[~low_t, 0], xy[~low_t, 1], s=16, c=_JOINT_COLORS[~low_t].tolist(), edgecolors="white",
+                          linewidths=0.5, zorder=3),
+            ax_2d.scatter(xy[low_t, 0], xy[low_t, 1], s=36, facecolors="none", edgecolors=LOW_CONFIDENCE_COLOR,
+                          linewidths=1.4, zorder=3)]
+        if lifted[t]:
+            if hypotheses_mm is not None and np.isfinite(hypotheses_mm[t]).all():
+                artists.append(_draw_skeletons(ax_3d, camera_to_display(hypotheses_mm[t]), colors=_BONE_COLORS,
+                                               linewidth=0.8, alpha=0.22))
+            pose = camera_to_display(poses[t])
+            artists.append(_draw_skeletons(ax_3d, pose, colors=_BONE_COLORS, linewidth=2.2, zorder=3))
+            artists.append(ax_3d.scatter(pose[:, 0], pose[:, 1], pose[:, 2], s=10, depthshade=False, zorder=4,
+                                         c=np.where(low_t, LOW_CONFIDENCE_COLOR, _JOINT_COLORS).tolist()))
+        else:
+            artists.append(ax_3d.text2D(0.5, 0.5, "not lifted", transform=ax_3d.transAxes, ha="center",
+                                        color=CENTRE_COLOR))
+        heading.set_text(f"{title}frame {frames[t]}   ({t + 1} of {count})")
+        canvas.draw()
+        yield np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _frame_2d_axes(ax, keypoints_px: np.ndarray, image_size_px) -> None:
+    """Image axes (y down, equal scale) around all the keypoints, kept within the frame when its
+    size is known (unless keypoints lie outside it), the frame's edge dotted."""
+    finite = keypoints_px[np.all(np.isfinite(keypoints_px), axis=-1)]
+    lo, hi = (finite.min(0), finite.max(0)) if len(finite) else (np.zeros(2), np.ones(2))
+    margin = 0.08 * float(np.max(hi - lo)) + 10.0
+    view_lo, view_hi = lo - margin, hi + margin
+    if image_size_px is not None:
+        size = np.asarray(image_size_px, np.float64)
+        view_lo, view_hi = np.maximum(view_lo, np.minimum(lo, 0.0)), np.minimum(view_hi, np.maximum(hi, size))
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((0, 0), size[0], size[1], fill=False, edgecolor="#b0b0b0", linewidth=0.8,
+                               linestyle=":"))
+    # Widen the shorter side about the centre to the axes' shape: one pixel is as tall as it is wide.
+    box = ax.get_position()
+    shape = box.height * ax.figure.get_figheight() / (box.width * ax.figure.get_figwidth())
+    centre, span = 0.5 * (view_lo + view_hi), view_hi - view_lo
+    span = np.maximum(span, [span[1] / shape, span[0] * shape])
+    ax.set_xlim(centre[0] - span[0] / 2, centre[0] + span[0] / 2)
+    ax.set_ylim(centre[1] + span[1] / 2, centre[1] - span[1] / 2)  # image y points down
+    ax.set_aspect("equal", adjustable="box")
+    ax.tick_params(labelsize=7)
+    ax.grid(color="#ececec", linewidth=0.6)
+    ax.set_axisbelow(True)
 
 
 # ---------------------------------------------------------------- latent space

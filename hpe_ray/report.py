@@ -2,6 +2,8 @@
 
     curves.png       validation MPJPE per trial over epochs (the best trial drawn on top)
     importance.png   parameter importance (Optuna, on a study rebuilt from the trials)
+    parallel.png     Optuna's parallel coordinates: every trial's values against its error
+    slice.png        Optuna's slice plot: the error against each parameter
     best_trial.png   the best trial's losses, validation errors and beta over epochs
 
 Everything is read back from the directory Ray Tune wrote, so a report can be made while a
@@ -10,12 +12,15 @@ search runs, after it was interrupted, or on another machine.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on cluster nodes
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 import optuna
 import pandas as pd
 from optuna.distributions import BaseDistribution
@@ -40,12 +45,30 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def param_importances(board: pd.DataFrame, distributions: dict[str, BaseDistribution]) -> dict[str, float]:
+def param_importances(study: optuna.Study) -> dict[str, float]:
     """{dotted key: importance}, summing to 1; empty with fewer than two trials with results."""
-    study = rebuilt_study(board, distributions)
     if len(study.trials) < 2:
         return {}
     return optuna.importance.get_param_importances(study)
+
+
+def plot_optuna(study: optuna.Study, kind: str, path: Path) -> Path:
+    """Optuna's own matplotlib figure of the study: kind "parallel" or "slice"."""
+    from optuna.visualization import matplotlib as optuna_plots
+
+    draw = {"parallel": optuna_plots.plot_parallel_coordinate, "slice": optuna_plots.plot_slice}[kind]
+    # Optuna switches the global style to ggplot, and logs every categorical axis at INFO.
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
+    with warnings.catch_warnings(), plt.style.context("default"):
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axes = draw(study, target_name=f"{ASHA_METRIC} (mm)")
+        fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        for ax in fig.axes:  # log axes label every minor tick, on top of each other
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        fig.set_size_inches(3.5 * len(study.best_trial.params) + 1.5 if kind == "slice" else 9, 4.5)
+        fig.savefig(path, dpi=120, bbox_inches="tight")  # tight_layout would squash Optuna's colour bar
+    plt.close(fig)
+    return path
 
 
 def plot_curves(trials: list[TrialRecord], best_trial_id: str | None, path: Path) -> Path:
@@ -124,9 +147,10 @@ def make_report(experiment_dir: str | Path) -> list[Path]:
     trials = result.trials
     best_id = board.iloc[0]["trial_id"]
     paths.append(plot_curves(trials, best_id, experiment_dir / "curves.png"))
-    importances = param_importances(board, load_space(experiment_dir / SPACE_COPY).params)
-    if importances:
+    study = rebuilt_study(board, load_space(experiment_dir / SPACE_COPY).params)
+    if importances := param_importances(study):
         paths.append(plot_importance(importances, experiment_dir / "importance.png"))
+        paths += [plot_optuna(study, kind, experiment_dir / f"{kind}.png") for kind in ("parallel", "slice")]
     best = next(t for t in trials if t.trial_id == best_id)
     paths.append(plot_best_trial(best, experiment_dir / "best_trial.png"))
     return paths

@@ -69,6 +69,10 @@ start_ray_cluster() {
         RAY_STEP_PIDS+=($!)
     done
     wait_for_ray_nodes "${#nodes[@]}"
+    # The dashboard needs the token too (`ray get-auth-token`); it listens on the head's address,
+    # reachable from the login node, so one tunnel brings it to a laptop.
+    echo "Ray dashboard: http://$head_ip:$dashboard (token auth: paste the output of \`ray get-auth-token\`)"
+    echo "from your laptop: ssh -N -L $dashboard:$head_ip:$dashboard ${USER:-$(id -un)}@${SLURM_SUBMIT_HOST:-$(hostname -f)}, then open http://127.0.0.1:$dashboard"
 }
 
 wait_for_ray_nodes() {

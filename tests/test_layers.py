@@ -13,7 +13,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "hpe_ray"
 
 # Lowest first. A module may import its own layer's modules (no loops) and any lower layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("geometry", ("hpe_ray", "hpe_ray.backend", "hpe_ray.skeleton", "hpe_ray.rotation", "hpe_ray.camera",
+    ("geometry", ("hpe_ray", "hpe_ray.dependencies", "hpe_ray.backend", "hpe_ray.skeleton", "hpe_ray.rotation", "hpe_ray.camera",
                   "hpe_ray.normalization", "hpe_ray.metrics", "hpe_ray.plotting", "hpe_ray.config")),
     ("data", ("hpe_ray.data",)),
     ("models", ("hpe_ray.models",)),

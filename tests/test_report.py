@@ -44,14 +44,14 @@ def test_rebuilt_study_holds_the_trials_with_results():
 
 
 def test_importance_finds_the_parameter_that_decides():
-    importances = param_importances(_board(40), DISTRIBUTIONS)
+    importances = param_importances(rebuilt_study(_board(40), DISTRIBUTIONS))
     assert set(importances) == set(DISTRIBUTIONS)
     assert max(importances, key=importances.get) == "train.lr"
     assert sum(importances.values()) == pytest.approx(1.0)
 
 
 def test_importance_needs_two_trials():
-    assert param_importances(_board(1), DISTRIBUTIONS) == {}
+    assert param_importances(rebuilt_study(_board(1), DISTRIBUTIONS)) == {}
 
 
 def _trial(trial_id: str, val_mpjpe: list[float]) -> TrialRecord:

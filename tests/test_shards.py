@@ -176,3 +176,16 @@ def test_bad_arguments_are_refused(tmp_path):
         write_dataset(tmp_path / "data", {"train/x": make_samples(2, "S1")})
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         shards.load_manifest(tmp_path)
+
+
+def test_summary_lists_long_name_lists_in_part(tmp_path):
+    """291 clips as subjects: the line shows the count and the first names, the rest on request."""
+    manifest = write_dataset(tmp_path / "data")
+    clips = [f"clip{i:03d}" for i in range(291)]
+    manifest["splits"]["train"]["subjects"] = clips
+    (tmp_path / "data" / shards.MANIFEST_FILE).write_text(json.dumps(manifest))
+    short = shards.summary(tmp_path / "data").splitlines()
+    line = next(text for text in short if text.startswith("  subjects (291)"))
+    assert line.endswith("clip011, ... 279 more (--full lists them)") and "clip012" not in line
+    full = shards.summary(tmp_path / "data", full=True)
+    assert ", ".join(clips) in full and "more (--full" not in full

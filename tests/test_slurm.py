@@ -4,12 +4,14 @@ allocation (slow): `srun` and `scontrol` are replaced by the stand-ins in tests/
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 
@@ -120,6 +122,7 @@ def test_tune_sh_saves_on_usr1_and_a_resubmission_finishes_the_search(tmp_path):
     assert "USR1: asking the driver to save and stop" in output
     assert "unfinished: run it again with --resume" in output
     assert "Ray cluster stopped" in output
+    assert re.search(r"Ray dashboard: http://[0-9.]+:\d+ ", output) and "ssh -N -L " in output
     time.sleep(2)
     assert _processes_mentioning(f"/tmp/ray_{job_id}") == [], "Ray processes of the job were left running"
     finished = finished_trials(experiment)
@@ -134,3 +137,7 @@ def test_tune_sh_saves_on_usr1_and_a_resubmission_finishes_the_search(tmp_path):
     assert all(path.read_bytes() == text for path, text in before.items())
     assert len(list((experiment / "train_runs").iterdir())) == 3
     assert _processes_mentioning(f"/tmp/ray_{job_id}") == []
+    # the resubmission continued the stored Optuna study: every trial in it once, with its result
+    study = optuna.load_study(study_name="slurm", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(values) == pytest.approx(sorted(board["val_mpjpe"]))

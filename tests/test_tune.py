@@ -38,8 +38,9 @@ def test_distributions_map_to_optuna():
     assert parse_distribution({"choice": [16, 32]}, "k") == CategoricalDistribution([16, 32])
     assert parse_distribution({"uniform": [0, 4]}, "k") == FloatDistribution(0.0, 4.0)
     assert parse_distribution({"loguniform": [1e-4, 1e-1]}, "k") == FloatDistribution(1e-4, 1e-1, log=True)
-    # randint includes both ends (unlike numpy's and Tune's randint)
-    assert parse_distribution({"randint": [1, 5]}, "k") == IntDistribution(1, 5)
+    # int includes both ends (Optuna's suggest_int); randint excludes high (Ray Tune's, numpy's)
+    assert parse_distribution({"int": [1, 5]}, "k") == IntDistribution(1, 5)
+    assert parse_distribution({"randint": [1, 5]}, "k") == IntDistribution(1, 4)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -47,6 +48,8 @@ def test_distributions_map_to_optuna():
     ({"uniform": [4, 0]}, r"low \(4\) must be below high \(0\)"),
     ({"loguniform": [0, 1]}, "loguniform needs low > 0"),
     ({"randint": [1, 4.5]}, "randint bounds must be integers"),
+    ({"int": [1.0, 4]}, "int bounds must be integers"),
+    ({"randint": [3, 4]}, r"randint excludes high, so \[3, 4\] holds one value"),
     ({"uniform": [0]}, r"uniform needs \[low, high\] numbers"),
     ({"choice": []}, "choice needs a non-empty list"),
     ({"choice": [[1, 2]]}, "choice values must be scalars"),
@@ -97,7 +100,7 @@ def test_new_pairs_may_be_created_under_loss_pairs(tmp_path):
 
 def test_float_range_on_an_integer_key_is_rejected(tmp_path):
     path = write_space(tmp_path, {"search": {"model.latent_dim": {"uniform": [16, 64]}}})
-    with pytest.raises(ConfigError, match="model.latent_dim is an integer; use randint or choice"):
+    with pytest.raises(ConfigError, match="model.latent_dim is an integer; use int, randint or choice"):
         load_space(path)
 
 
@@ -368,6 +371,10 @@ def test_ray_job_submit_runs_the_search(tmp_path):
     data = make_tiny_dataset(tmp_path / "data")
     space = write_space(tmp_path, {**TINY_SPACE, "search_settings": {**TINY_SPACE["search_settings"],
                                                                       "num_samples": 2}}, "tiny.yaml")
+    # As the README: the runtime env's pip list from `hpe-ray requirements`, and `python` is the
+    # runtime env's (a virtualenv over this one, so the list is already satisfied: no download).
+    pip_env = run_cli("requirements", "--runtime-env", cwd=tmp_path).stdout.strip()
+    assert any(r.startswith("optuna") for r in json.loads(pip_env)["pip"])
     job_id = 200_000 + os.getpid() % 100_000
     gcs, node_manager, object_manager, client, dashboard, agent_grpc, agent_listen, metrics, runtime_env, \
         min_worker, max_worker = subprocess.run(
@@ -384,10 +391,10 @@ def test_ray_job_submit_runs_the_search(tmp_path):
          f"--min-worker-port={min_worker}", f"--max-worker-port={max_worker}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        entrypoint = (f"{PYTHON} -m hpe_ray tune --space {space} --data {data} --storage {tmp_path / 'runs'} "
+        entrypoint = (f"python -m hpe_ray tune --space {space} --data {data} --storage {tmp_path / 'runs'} "
                       "--name submitted")
         submit = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
-                  "--", *entrypoint.split()]
+                  "--runtime-env-json", pip_env, "--", *entrypoint.split()]
         deadline = time.monotonic() + 60
         while (result := subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)).returncode:
             # the dashboard takes a few seconds to come up
@@ -424,3 +431,127 @@ def test_multi_worker_trials_run_as_ray_train_runs(tmp_path):
     board = pd.read_csv(tmp_path / "runs" / "two" / "leaderboard.csv")
     assert len(board) == 2 and board["val_mpjpe"].notna().all()
     assert len(list((tmp_path / "runs" / "two" / "train_runs").glob("train-*/checkpoint_*/checkpoint.pt"))) == 2
+
+
+# ---------------------------------------------------------------- the stored study and its dashboard
+
+@pytest.mark.slow
+def test_the_optuna_study_is_stored_beside_the_trials(searched):
+    import optuna
+
+    experiment, _, _ = searched
+    board = pd.read_csv(experiment / "leaderboard.csv")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    # the study's value of a trial is its best epoch, as the leaderboard ranks it
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(board["val_mpjpe"]))
+    assert study.metric_names == ["val_mpjpe_best (mm)"]
+    assert json.loads((experiment / "search.json").read_text())["study"]["name"] == "tiny"
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=15000"]  # lets the page's scripts fetch the study before the dump
+
+
+def _chromium() -> str:
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("HPE_RAY_REQUIRE_BROWSER"):  # .ci/run installs it and sets this
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium); .ci/run installs it")
+    return found
+
+
+@pytest.mark.slow
+def test_dashboard_shows_the_trials_in_a_real_browser(searched, tmp_path):
+    """`hpe-ray dashboard` on a free loopback port, loaded by headless Chromium: the study's trials
+    and a value appear in the rendered page, and a screenshot is taken."""
+    import optuna
+
+    chromium = _chromium()
+    experiment, _, _ = searched
+    server = subprocess.Popen([PYTHON, "-m", "hpe_ray", "dashboard", str(experiment)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = server.stdout.readline()
+        assert first.startswith("optuna-dashboard: http://127.0.0.1:"), first + server.stdout.read()
+        url = first.split()[1]
+        assert "ssh -N -L" in server.stdout.readline()
+        browse = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+        trials_page = subprocess.run([*browse, "--dump-dom", f"{url}/studies/1/trials"],
+                                     capture_output=True, text=True, timeout=120).stdout
+        for number in range(4):
+            assert f"Trial {number}" in trials_page
+        # the page opens on the first trial, showing its value as stored
+        first_trial = optuna.load_study(study_name="tiny", storage=f"sqlite:///{experiment / 'optuna.db'}").trials[0]
+        assert repr(first_trial.value) in trials_page
+        screenshot = tmp_path / "study.png"
+        subprocess.run([*browse, "--window-size=1400,1000", f"--screenshot={screenshot}", f"{url}/studies/1"],
+                       capture_output=True, timeout=120)
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_dashboard_errors_are_one_line(tmp_path):
+    missing = subprocess.run([PYTHON, "-m", "hpe_ray", "dashboard", str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "search.json: missing" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_new_search_refuses_a_study_that_already_has_trials(tmp_path):
+    import optuna
+
+    from hpe_ray.search.tune import _create_study
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    taken = optuna.create_study(storage=url, study_name="exp")
+    taken.enqueue_trial({})
+    space = load_space(write_space(tmp_path, {**TINY_SPACE, "search_settings": {
+        **TINY_SPACE["search_settings"], "storage": url}}))
+    with pytest.raises(ConfigError, match="already holds a study named 'exp' with 1 trials"):
+        _create_study(space, tmp_path / "exp")
+    _create_study(space, tmp_path / "fresh")  # a free name is created, with the metric named
+    assert optuna.load_study(study_name="fresh", storage=url).metric_names == ["val_mpjpe_best (mm)"]
+
+
+def test_an_experiment_folder_holds_one_search_at_a_time(tmp_path):
+    from hpe_ray.search.tune import experiment_lock
+
+    with experiment_lock(tmp_path):
+        with pytest.raises(ConfigError, match=rf"another search is running on this experiment \(pid {os.getpid()} on "):
+            with experiment_lock(tmp_path):
+                pass
+    with experiment_lock(tmp_path):  # released when the first search ends
+        pass
+
+
+@pytest.mark.slow
+def test_a_second_search_on_the_same_folder_refuses_at_once(tmp_path):
+    """Two `hpe-ray tune` on one experiment: the second exits 2 with one line while the first runs
+    on, and the first still finishes every trial."""
+    data = make_tiny_dataset(tmp_path / "data")
+    space = write_space(tmp_path, {**TINY_SPACE, "search_settings": {**TINY_SPACE["search_settings"],
+                                                                      "num_samples": 2}}, "tiny.yaml")
+    args = [PYTHON, "-m", "hpe_ray", "tune", "--space", str(space), "--data", str(data),
+            "--storage", str(tmp_path / "runs"), "--name", "shared", "--resume"]
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lock = tmp_path / "runs" / "shared" / ".search.lock"
+        deadline = time.monotonic() + 120
+        while not (lock.is_file() and lock.read_text()):
+            assert first.poll() is None and time.monotonic() < deadline, "the first search never took the folder"
+            time.sleep(0.2)
+        second = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"another search is running on this experiment (pid {first.pid} on " in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        output = first.communicate(timeout=600)[0]
+    finally:
+        first.kill()
+    assert first.returncode == 0, output[-4000:]
+    assert len(pd.read_csv(tmp_path / "runs" / "shared" / "leaderboard.csv")) == 2

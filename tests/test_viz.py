@@ -1,5 +1,6 @@
 """Figures: the pure helpers on hand values, and every figure rendered from the tiny model of
-test_predict.py (files exist, have the expected size, are not blank)."""
+test_predict.py (files exist, have the expected size, are not blank); the animation of a
+`hpe-ray predict` .npz, written as GIF and MP4 and decoded again."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from hpe_ray import figures, plotting
+from hpe_ray.camera import Intrinsics, project_to_pixels
+from hpe_ray.cli import main
+from hpe_ray.data.stream import load_pose_arrays
+from hpe_ray.inference import predict_file
 
 
 def _assert_drawn(path: Path, size_px: tuple[int, int] | None = None) -> None:
@@ -113,3 +118,82 @@ def test_latent_figure_from_a_checkpoint(tiny_checkpoint, tiny_dataset, tmp_path
                                   max_points=40, out=tmp_path / "latent.png")
     # Two panels: 500 neighbours is clipped to 39 (40 points, one encoder).
     _assert_drawn(paths[0], (round((4.6 * 2 + 2.2) * 110), round(4.9 * 110)))
+
+
+# ---------------------------------------------------------------- animation of a predict .npz
+
+def test_sequence_frames_draws_every_pose_at_the_asked_size_even_one_not_lifted():
+    poses = _poses(3)
+    poses[1] = np.nan  # a sample predict could not lift
+    keypoints = poses[:, :, :2] / 4 + [320.0, 240.0]
+    low = np.zeros((3, 17), bool)
+    low[0, 13] = True
+    frames = list(plotting.sequence_frames(keypoints, poses, low_confidence=low, image_size_px=(640, 480),
+                                           hypotheses_mm=np.stack([_poses(3, seed=1), _poses(3, seed=2)], axis=1),
+                                           size_px=(480, 240)))
+    assert len(frames) == 3 and all(f.shape == (240, 480, 3) and f.dtype == np.uint8 for f in frames)
+    assert all(f.std() > 15.0 for f in frames)
+    with pytest.raises(ValueError, match="low_confidence"):
+        next(plotting.sequence_frames(keypoints, poses, low_confidence=low[:2]))
+
+
+@pytest.fixture(scope="module")
+def predict_npz(tiny_dataset, tiny_checkpoint, tmp_path_factory) -> Path:
+    """A `predict` .npz, 3 hypotheses, --fps 10: track "short" (5 frames) then "long" (8 frames)
+    of a 1920x1080 camera, one wrist scored low."""
+    truth = load_pose_arrays(tiny_dataset, "test").pose_3d_cam_mm[:13].astype(np.float64)
+    camera = Intrinsics(np.array([1500.0, 1500.0]), np.array([960.0, 540.0]), np.zeros(3), np.zeros(2), (1920, 1080))
+    scores = np.ones((13, 17))
+    scores[7, 13] = 0.05
+    folder = tmp_path_factory.mktemp("animate")
+    np.savez(folder / "keypoints.npz", keypoints_2d=project_to_pixels(truth, camera), scores=scores,
+             frames=np.r_[np.arange(5), np.arange(8)], tracks=np.r_[["short"] * 5, ["long"] * 8],
+             image_size=[1920, 1080])
+    predict_file(tiny_checkpoint, folder / "keypoints.npz", folder / "poses.npz", hypotheses=3, fps=10.0)
+    return folder / "poses.npz"
+
+
+@pytest.mark.slow
+def test_animate_gif_of_the_longest_track_at_the_files_fps(predict_npz, tmp_path, capsys):
+    out = tmp_path / "walk.gif"
+    assert main(["viz", "animate", str(predict_npz), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    with Image.open(out) as gif:
+        frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(gif)]
+        assert gif.info["duration"] == 100  # 10 fps from the file
+    assert len(frames) == 8 and frames[0].size == (960, 480)  # track "long"
+    assert np.asarray(frames[3], np.float64).std() > 15.0
+
+
+@pytest.mark.slow
+def test_animate_mp4_of_a_chosen_track_and_frames(predict_npz, tmp_path, capsys):
+    av = pytest.importorskip("av")
+    _assert_one_line_error(["viz", "animate", str(predict_npz), "--out", str(tmp_path / "a.mp4"), "--track", "nope"],
+                           f"{predict_npz}: no track 'nope'; its tracks: short, long", capsys)
+    out = tmp_path / "short.mp4"
+    assert main(["viz", "animate", str(predict_npz), "--out", str(out), "--track", "short",
+                 "--max-frames", "3", "--fps", "20"]) == 0
+    with av.open(str(out)) as video:
+        frames = [frame.to_ndarray(format="rgb24") for frame in video.decode(video=0)]
+        assert video.streams.video[0].average_rate == 20
+    assert len(frames) == 3 and frames[0].shape == (480, 960, 3)
+    assert frames[2].std() > 15.0
+
+
+def _assert_one_line_error(args: list[str], message: str, capsys) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hpe-ray: error: ") and message in err and len(err.splitlines()) == 1, err
+
+
+def test_animate_names_the_file_and_what_is_wrong_in_one_line(tmp_path, capsys):
+    keypoints_only = tmp_path / "keypoints.npz"
+    np.savez(keypoints_only, keypoints_2d=np.zeros((4, 17, 2)))
+    (tmp_path / "text.npz").write_text("not an npz")
+    cases = [([str(keypoints_only), "--out", str(tmp_path / "a.gif")], f"{keypoints_only}: no 'poses_3d'"),
+             ([str(tmp_path / "text.npz"), "--out", str(tmp_path / "a.gif")], "text.npz: not an .npz file"),
+             ([str(keypoints_only), "--out", str(tmp_path / "a.avi")], "a.avi: the animation is written as .mp4 or .gif"),
+             ([str(tmp_path / "missing.npz"), "--out", str(tmp_path / "a.gif")], "missing.npz: predictions file not found")]
+    for args, message in cases:
+        _assert_one_line_error(["viz", "animate", *args], message, capsys)
+    assert not (tmp_path / "a.gif").exists()

@@ -29,8 +29,6 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import av
-import cdflib
 import numpy as np
 from PIL import Image
 
@@ -39,9 +37,12 @@ from hpe_ray.camera import (H36M_CAMERA_IDS, H36M_INTRINSICS, Extrinsics, Intrin
 from hpe_ray.data.render import crop_box_around
 from hpe_ray.data.pickles import load_npz_object, load_pickle
 from hpe_ray.data.sample import BadSampleError, PoseSample, make_key
+from hpe_ray.dependencies import import_extra
 from hpe_ray.skeleton import H36M32_TO_17, NUM_JOINTS
 
 log = logging.getLogger(__name__)
+H36M_EXTRA = ("h36m", "reading the original Human3.6M release")
+"""The optional extra with cdflib and av (imported when a .cdf or .mp4 is read), and what needs it."""
 
 TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
 TEST_SUBJECTS = ("S9", "S11")
@@ -295,6 +296,7 @@ def _mmpose_intrinsics(cameras: dict | None, subject: str, camera_id: str, origi
 
 def read_cdf_poses(path: Path) -> np.ndarray:
     """The "Pose" variable of a Human3.6M .cdf: (1, T, 96) or (T, 96) -> (T, 32, 3) mm."""
+    cdflib = import_extra("cdflib", *H36M_EXTRA)
     try:
         poses = np.asarray(cdflib.CDF(str(path)).varget("Pose"), dtype=np.float64)
     except (OSError, ValueError) as err:
@@ -376,6 +378,7 @@ def video_frames(path: Path, frames: range) -> Iterator[tuple[int, np.ndarray]]:
 
     A video shorter than the poses is an error; a few extra video frames (common) are ignored.
     """
+    av = import_extra("av", *H36M_EXTRA)
     wanted = iter(frames)
     next_frame = next(wanted, None)
     try:

@@ -357,8 +357,19 @@ def load_manifest(data_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-def summary(data_dir: str | os.PathLike) -> str:
-    """Counts per split, subjects, actions, cameras and shard sizes, from the manifest."""
+SUMMARY_NAMES = 12
+"""Names listed per subjects/actions/cameras line unless the full listing is asked for."""
+
+
+def _names(kind: str, names: list[str], full: bool) -> str:
+    shown = names if full or len(names) <= SUMMARY_NAMES else names[:SUMMARY_NAMES]
+    more = f", ... {len(names) - len(shown)} more (--full lists them)" if len(shown) < len(names) else ""
+    return f"  {kind} ({len(names)}): {', '.join(shown)}{more}"
+
+
+def summary(data_dir: str | os.PathLike, full: bool = False) -> str:
+    """Counts per split, subjects, actions, cameras and shard sizes, from the manifest; each list
+    of names shows its first SUMMARY_NAMES unless `full`."""
     manifest = load_manifest(data_dir)
     lines = [f"{data_dir}: source {manifest['source']}, created {manifest['created']} "
              f"(hpe_ray {manifest['hpe_ray_version']})"]
@@ -367,9 +378,9 @@ def summary(data_dir: str | os.PathLike) -> str:
         lines += [
             f"{split}: {entry['count']} samples ({entry['with_images']} with images) in {len(entry['shards'])} "
             f"shards, {entry['bytes'] / 1e6:.1f} MB, {min(counts)}-{max(counts)} samples per shard",
-            f"  subjects ({len(entry['subjects'])}): {', '.join(entry['subjects'])}",
-            f"  actions ({len(entry['actions'])}): {', '.join(entry['actions'])}",
-            f"  cameras ({len(entry['camera_ids'])}): {', '.join(entry['camera_ids'])}",
+            _names("subjects", entry["subjects"], full),
+            _names("actions", entry["actions"], full),
+            _names("cameras", entry["camera_ids"], full),
         ]
         skipped = manifest["skipped"].get(split)
         if skipped:

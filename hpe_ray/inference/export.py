@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpe_ray.dependencies import import_extra
 from hpe_ray.normalization import NormStats, denormalize_3d, normalize_2d
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
 from hpe_ray.training.checkpoint import load_checkpoint
@@ -78,6 +79,9 @@ def export_lifter(checkpoint, out_dir: str | Path, formats: Sequence[str] = FORM
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {list(formats)}")
+    if "onnx" in formats:  # before any file is written: ONNX export and its check need both
+        for module in ("onnx", "onnxruntime"):
+            import_extra(module, "export", "exporting to ONNX")
     loaded = load_checkpoint(checkpoint)
     if "pose2d" not in loaded.model.encoders or "pose3d" not in loaded.model.decoders:
         raise ValueError(f"{loaded.path}: no 2D -> 3D path to export (encoders {sorted(loaded.model.encoders)}, "
@@ -120,6 +124,7 @@ def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path)
     """The TorchScript-based exporter (dynamo=False, deprecated since torch 2.9): the torch.export
     one needs onnxscript, which is not a dependency. Inputs a pixel-mode model does not use are
     dropped from the graph."""
+    import_extra("onnx", "export", "exporting to ONNX")  # torch writes the file through it
     batch_axis = {0: "batch"}
     with torch.no_grad(), _quiet_torch_export():
         torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=ONNX_OPSET,
@@ -130,8 +135,7 @@ def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path)
 def run_exported(path: Path, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
     """Run a lifter.pt (TorchScript) or lifter.onnx (ONNX Runtime, CPU) on inputs; (B, 17, 3) mm."""
     if path.suffix == ".onnx":
-        import onnxruntime
-
+        onnxruntime = import_extra("onnxruntime", "export", "running an ONNX export")
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feed = dict(zip(INPUT_NAMES, (x.numpy() for x in inputs)))
         return session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})[0]

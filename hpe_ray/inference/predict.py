@@ -15,6 +15,7 @@ confident ones, and listed in `low_confidence`.
 Output .npz, all poses root-relative in the camera frame, mm, Human3.6M joint order:
     poses_3d (N, 17, 3), valid (N,), names (N,), tracks (N,), frames (N,),
     keypoints_2d (N, 17, 2) px as lifted, keypoint_scores (N, 17), low_confidence (N, 17),
+    fps () the --fps given, image_size (N, 2) width, height px when known (given or in the file),
     hypotheses (N, K, 17, 3) when K > 1                          -- from the keypoints
     poses_3d_rgb (M, 17, 3), valid_rgb (M,), image_files (M,),
     hypotheses_rgb (M, K, 17, 3) when K > 1                      -- from the crops
@@ -127,7 +128,11 @@ def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Pa
         arrays.update(_result_arrays(result, ""),
                       names=keypoints.names, tracks=keypoints.tracks, frames=keypoints.frames,
                       keypoints_2d=keypoints.keypoints_2d_px, keypoint_scores=keypoints.scores,
-                      low_confidence=low_confidence)
+                      low_confidence=low_confidence, fps=np.float64(fps))
+        image_size = (np.broadcast_to(np.asarray(image_size_px, np.float64), (len(keypoints.names), 2))
+                      if image_size_px is not None else keypoints.image_size_px)
+        if image_size is not None:
+            arrays["image_size"] = image_size
         summary.keypoint_samples, summary.keypoint_lifted = len(result.valid), int(result.valid.sum())
         sequence = (result, keypoints, low_confidence)
     if images_dir is not None:

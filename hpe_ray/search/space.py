@@ -7,7 +7,8 @@ A search space file has three sections:
                         {choice: [a, b, ...]}      any of the listed values
                         {uniform: [low, high]}     float
                         {loguniform: [low, high]}  float, log scale (low > 0)
-                        {randint: [low, high]}     integer, both ends included
+                        {int: [low, high]}         integer, both ends included (Optuna's suggest_int)
+                        {randint: [low, high]}     integer, high excluded (as Ray Tune's and numpy's randint)
     search_settings:  num_samples, sampler (tpe | random | cmaes), seed, startup_trials,
                       max_concurrent (auto | N), scheduler (asha | none), grace_period,
                       reduction_factor, trial_cpus, points_to_evaluate
@@ -30,7 +31,8 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
                                   IntDistribution)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpe_ray.config import Config, ConfigError, config_from_dict, format_validation_error, read_yaml_mapping
+from hpe_ray.config import (Config, ConfigError, config_from_dict, find_resource, format_validation_error,
+                            read_yaml_mapping)
 
 ASHA_METRIC = "val_mpjpe"
 """ASHA compares trials on the error of the epoch they have reached (mm)."""
@@ -42,7 +44,9 @@ OPEN_SECTIONS = ("loss.pairs",)
 SPACE_COPY = "search_space.yaml"
 """The space file as the experiment started, in its directory (checked on resume, read by reports)."""
 SEARCH_INFO = "search.json"
-"""The experiment's trial budget, space path and data directory, in its directory."""
+"""The experiment's trial budget, space path, data directory and Optuna study, in its directory."""
+OPTUNA_DB = "optuna.db"
+"""The default Optuna study database (SQLite), in the experiment directory."""
 
 
 class SearchSettings(BaseModel):
@@ -63,6 +67,9 @@ class SearchSettings(BaseModel):
     """CPUs reserved for the trial process itself; it only waits on its TorchTrainer."""
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
     """Points tried first, e.g. the thesis defaults; a missing key takes the base config's value."""
+    storage: str | None = None
+    """SQLAlchemy URL of the Optuna study (e.g. postgresql://user@host/db on a cluster); None: a
+    SQLite file in the experiment folder (optuna.db). The study is named after the experiment."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +85,11 @@ class SearchSpace:
 # ---------------------------------------------------------------- reading a space file
 
 def parse_distribution(spec: Any, where: str) -> BaseDistribution:
-    """{choice: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]} | {randint: [lo, hi]}."""
-    kinds = "choice, uniform, loguniform, randint"
+    """{choice: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]} | {int: [lo, hi]} | {randint: [lo, hi]}.
+
+    Each borrows its library's meaning: int includes hi (Optuna), randint excludes it (Ray Tune).
+    """
+    kinds = "choice, uniform, loguniform, int, randint"
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"{where}: expected one distribution {{KIND: ARGS}} with KIND in {kinds}, got {spec!r}")
     (kind, args), = spec.items()
@@ -89,7 +99,7 @@ def parse_distribution(spec: Any, where: str) -> BaseDistribution:
         if not all(v is None or isinstance(v, (str, int, float, bool)) for v in args):
             raise ConfigError(f"{where}: choice values must be scalars (text, numbers, booleans), got {args!r}")
         return CategoricalDistribution(args)
-    if kind not in ("uniform", "loguniform", "randint"):
+    if kind not in ("uniform", "loguniform", "int", "randint"):
         raise ConfigError(f"{where}: unknown distribution {kind!r}; use one of {kinds}")
     if not (isinstance(args, list) and len(args) == 2
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args)):
@@ -97,10 +107,12 @@ def parse_distribution(spec: Any, where: str) -> BaseDistribution:
     low, high = args
     if low >= high:
         raise ConfigError(f"{where}: {kind} low ({low}) must be below high ({high})")
-    if kind == "randint":
+    if kind in ("int", "randint"):
         if not all(isinstance(v, int) for v in args):
-            raise ConfigError(f"{where}: randint bounds must be integers, got {args!r}")
-        return IntDistribution(low, high)
+            raise ConfigError(f"{where}: {kind} bounds must be integers, got {args!r}")
+        if kind == "randint" and high - low < 2:
+            raise ConfigError(f"{where}: randint excludes high, so [{low}, {high}] holds one value; use choice")
+        return IntDistribution(low, high if kind == "int" else high - 1)
     if kind == "loguniform" and low <= 0:
         raise ConfigError(f"{where}: loguniform needs low > 0, got {low}")
     return FloatDistribution(float(low), float(high), log=kind == "loguniform")
@@ -179,8 +191,9 @@ def _complete_point(point: Any, params: dict[str, BaseDistribution], base_tree: 
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    """Read and check a search space file; every problem is a ConfigError naming file and key."""
-    path = Path(path)
+    """Read and check a search space file (a path, or the name of a packaged one: `quick`); every
+    problem is a ConfigError naming file and key."""
+    path = find_resource("tune_spaces", path)
     tree = read_yaml_mapping(path, "search space file", "a mapping with base, search, search_settings")
     unknown = sorted(set(tree) - {"base", "search", "search_settings"})
     if unknown:
@@ -198,7 +211,7 @@ def load_space(path: str | Path) -> SearchSpace:
         dist = parse_distribution(spec, where)
         # pydantic accepts 2.0 for an int field, so a float range would pass the edge checks
         if isinstance(dist, FloatDistribution) and isinstance(current, int) and not isinstance(current, bool):
-            raise ConfigError(f"{where}: {key} is an integer; use randint or choice")
+            raise ConfigError(f"{where}: {key} is an integer; use int, randint or choice")
         params[key] = dist
 
     settings = _parse_settings(tree.get("search_settings") or {}, f"{path}: search_settings")

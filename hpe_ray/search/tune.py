@@ -10,19 +10,22 @@ the finished experiment by search.results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
 from hpe_ray.config import Config, ConfigError, absolute_paths
 from hpe_ray.search.results import SearchResult, summarize_search
-from hpe_ray.search.space import (ASHA_METRIC, MODE, SEARCH_INFO, SEARCH_METRIC, SPACE_COPY, SearchSettings,
-                                  SearchSpace, edge_points, load_space, max_epochs, trial_config)
+from hpe_ray.search.space import (ASHA_METRIC, MODE, SEARCH_INFO, SEARCH_METRIC, SPACE_COPY,
+                                  SearchSettings, SearchSpace, edge_points, load_space, max_epochs, trial_config)
+from hpe_ray.search.study import open_study_storage, shown_url, study_storage_url
 
 TRAIN_RUNS = "train_runs"
 """The Ray Train runs of the trials, in the experiment directory."""
@@ -142,7 +145,9 @@ def _connect(address: str | None, dashboard_host: str) -> bool:
     url_host = "127.0.0.1" if dashboard_host in ("0.0.0.0", "::") else dashboard_host
     ray.init(include_dashboard=True, dashboard_host=dashboard_host, dashboard_port=port,
              runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://{url_host}:{port}"}})
-    print(f"Ray dashboard: http://{url_host}:{port}")
+    from hpe_ray.search.dashboard import ssh_tunnel_hint
+
+    print(f"Ray dashboard: http://{url_host}:{port}  (from another machine: {ssh_tunnel_hint(port, url_host)})")
     return True
 
 
@@ -172,8 +177,9 @@ def _new_tuner(space: SearchSpace, data_dir: Path, experiment_dir: Path, num_sam
     print(f"search {experiment_dir.name}: {num_samples} trials {where}, {settings.sampler} + {settings.scheduler}, "
           f"{concurrent} at a time ({per_trial['CPU']:g} CPU, {per_trial['GPU']:g} GPU each)")
     searcher = OptunaSearch(space=space.params, metric=SEARCH_METRIC, mode=MODE,
-                            points_to_evaluate=space.points_to_evaluate or None,
-                            sampler=make_sampler(settings))
+                            points_to_evaluate=space.points_to_evaluate or None, sampler=make_sampler(settings),
+                            storage=open_study_storage(study_storage_url(settings, experiment_dir)),
+                            study_name=experiment_dir.name)
     return tune.Tuner(
         _trainable(space, data_dir, experiment_dir),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(settings, max_epochs(space)),
@@ -192,6 +198,25 @@ def _check_same_space(space: SearchSpace, experiment_dir: Path) -> None:
     if stored.params != space.params or stored.base != space.base:
         raise ConfigError(f"{space.path}: differs from the space of the experiment being resumed "
                           f"({experiment_dir / SPACE_COPY}); a search space cannot change on resume")
+
+
+def _create_study(space: SearchSpace, experiment_dir: Path) -> None:
+    """The experiment's Optuna study, created before OptunaSearch loads it: named metric, and a new
+    experiment never adds its trials to an existing study (another search's in a shared database,
+    or one left by a start that failed before Tune saved anything)."""
+    import optuna
+
+    url = study_storage_url(space.settings, experiment_dir)
+    study = optuna.create_study(storage=open_study_storage(url), study_name=experiment_dir.name, load_if_exists=True,
+                                direction="minimize" if MODE == "min" else "maximize")
+    if study.trials:  # an empty one is this experiment's own, left by a start that failed before any trial
+        raise ConfigError(f"search_settings.storage: {shown_url(url)} already holds a study named "
+                          f"{experiment_dir.name!r} with {len(study.trials)} trials; choose another --name "
+                          "(or delete that study)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable in practice since 3.2
+        study.set_metric_names([f"{SEARCH_METRIC} (mm)"])
+    study.set_user_attr("search_space", str(space.path.resolve()))
 
 
 def run_search(space_path: str | Path, data_dir: str | Path, *, trials: int | None = None,
@@ -213,15 +238,52 @@ def run_search(space_path: str | Path, data_dir: str | Path, *, trials: int | No
                 default: the base config's run.storage. The experiment is `storage/name`,
                 name defaulting to "tune-<space file stem>".
     """
-    import ray
-    from ray import tune
-
     space = load_space(space_path)
     data_dir = Path(data_dir).resolve()
     if not (data_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{data_dir}: no manifest.json; not a dataset directory "
                                 "(create one with `hpe-ray data synth --out DIR`)")
     experiment_dir = Path(storage or space.base.run.storage).resolve() / (name or f"tune-{space.path.stem}")
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    with experiment_lock(experiment_dir):
+        return _run_locked(space, data_dir, experiment_dir, trials=trials, resume=resume, address=address,
+                           dashboard_host=dashboard_host)
+
+
+LOCK_FILE = ".search.lock"
+
+
+@contextlib.contextmanager
+def experiment_lock(experiment_dir: Path):
+    """Hold the experiment folder for one search: a second search (or resume) of the same folder
+    refuses at once instead of both writing its trials and study. The kernel drops the lock when
+    the process dies, so a killed search never leaves the folder locked."""
+    import fcntl
+
+    handle = open(experiment_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"{experiment_dir}: another search is running on this experiment ({holder}); "
+                          "wait for it, or choose another --name") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def _run_locked(space: SearchSpace, data_dir: Path, experiment_dir: Path, *, trials: int | None, resume: bool,
+                address: str | None, dashboard_host: str) -> SearchResult:
+    import ray
+    from ray import tune
+
     can_restore = tune.Tuner.can_restore(str(experiment_dir))
     if can_restore and not resume:
         raise ConfigError(f"{experiment_dir}: an experiment of this name exists; "
@@ -234,11 +296,15 @@ def run_search(space_path: str | Path, data_dir: str | Path, *, trials: int | No
     else:
         info = {"num_samples": trials or space.settings.num_samples, "space": str(space.path.resolve())}
     info["data_dir"] = str(data_dir)
+    info["study"] = {"name": experiment_dir.name,
+                     "storage": shown_url(study_storage_url(space.settings, experiment_dir))}
 
     from hpe_ray.training.data import verify_training_data
 
     # Shards are checked once here, not by every worker of every trial.
     verify_training_data(space.base.with_overrides({"data.dir": str(data_dir)}))
+    if not can_restore:
+        _create_study(space, experiment_dir)  # a study name already taken fails here, before Ray starts
     started = _connect(address, dashboard_host)
     try:
         if can_restore:
@@ -247,9 +313,10 @@ def run_search(space_path: str | Path, data_dir: str | Path, *, trials: int | No
                                        resume_unfinished=True, resume_errored=True)
         else:
             tuner = _new_tuner(space, data_dir, experiment_dir, info["num_samples"])
-            experiment_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(space.path, experiment_dir / SPACE_COPY)
         (experiment_dir / SEARCH_INFO).write_text(json.dumps(info, indent=2))
+        print(f"Optuna study {info['study']['name']!r} in {info['study']['storage']}; "
+              f"watch it with: hpe-ray dashboard {experiment_dir}")
         tuner.fit()
     finally:
         if started:
