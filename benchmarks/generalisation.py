@@ -126,9 +126,10 @@ def _replace(arrays: PoseArrays, keypoints_2d_px, pose_3d_cam_mm, intrinsics) ->
 
 # ---------------------------------------------------------------- scoring
 
-def score(lifter: Lifter, arrays: PoseArrays, hypotheses: int = 1, seed: int = 0) -> dict[str, float]:
-    """Action-wise MPJPE / PA-MPJPE of the mean (and, with hypotheses > 1, the hypothesis metrics)."""
-    result = lifter.lift(arrays.keypoints_2d_px, arrays.intrinsics[:, :2], arrays.intrinsics[:, 2:4],
+def score(lifter: Lifter, arrays: PoseArrays, hypotheses: int = 1, seed: int = 0, scores=None) -> dict[str, float]:
+    """Action-wise MPJPE / PA-MPJPE of the mean (and, with hypotheses > 1, the hypothesis metrics).
+    scores: (N, 17) detector confidences for a model that reads them (None: exact 2D)."""
+    result = lifter.lift(arrays.keypoints_2d_px, arrays.intrinsics[:, :2], arrays.intrinsics[:, 2:4], scores=scores,
                          hypotheses=hypotheses, seed=seed, batch_size=2048)
     truth = root_relative(arrays.pose_3d_cam_mm.astype(np.float64))
     actions = [base_action(str(a)) for a in arrays.action]

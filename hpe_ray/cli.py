@@ -124,13 +124,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- tune / report
 
-def _cmd_tune(args: argparse.Namespace) -> None:
+EXIT_UNFINISHED = 3
+"""`tune`'s exit code when the search stopped before every trial finished (Ctrl-C, SIGTERM, SLURM's
+USR1): its state is saved, and the same command with --resume continues it."""
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
     from hpe_ray.search.space import load_space
     from hpe_ray.search.tune import run_search
 
     load_space(args.space)  # a bad space fails here, before Ray starts
-    run_search(args.space, args.data, trials=args.trials, resume=args.resume,
-               address=args.address, storage=args.storage, name=args.name)
+    result = run_search(args.space, args.data, trials=args.trials, resume=args.resume,
+                        address=args.address, storage=args.storage, name=args.name)
+    return 0 if result.finished else EXIT_UNFINISHED
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -426,8 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)  # Tune's progress tables follow it too
     try:
-        args.func(args)
-    except (ConfigError, BadSampleError, FileNotFoundError, FileExistsError, ValueError, MissingExtraError) as err:
+        code = args.func(args)
+    except (ConfigError, BadSampleError, OSError, ValueError, MissingExtraError) as err:
         if level <= logging.DEBUG:
             traceback.print_exc()
         print(f"hpe-ray: error: {err}", file=sys.stderr)
@@ -435,4 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hpe-ray: interrupted", file=sys.stderr)
         return 130
-    return 0
+    except Exception as err:
+        from hpe_ray.distributed import RunInterrupted  # loads Ray; only reached when something failed
+
+        if not isinstance(err, RunInterrupted):
+            raise
+        print(f"hpe-ray: {err}", file=sys.stderr)
+        return 128 + err.signal_number
+    return code or 0

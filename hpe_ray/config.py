@@ -46,6 +46,11 @@ class AugmentConfig(_Strict):
     """Share of poses mirrored left-right."""
     keypoint_noise: float = Field(0.0, ge=0.0, le=0.2)
     """Max 2D noise sigma as a share of the 2D pose height (drawn per pose), like a detector's."""
+    occluded_joints: float = Field(0.1, ge=0.0, le=1.0)
+    occluded_shift: float = Field(0.1, ge=0.0, le=1.0)
+    """With data.keypoint_scores: the simulated detector's share of joints that are occluded (scored
+    below 0.3 and, half of them, displaced by Gaussian noise of sigma occluded_shift times the 2D
+    pose height, the other half put on a neighbouring joint); the other joints score high."""
 
     @model_validator(mode="after")
     def _ordered_ranges(self) -> "AugmentConfig":
@@ -79,6 +84,11 @@ class DataConfig(_Strict):
     on_error: Literal["raise", "skip"] = "raise"
     augment: "AugmentConfig" = Field(default_factory=lambda: AugmentConfig())
     """In-memory lifting only: what else varies besides the camera (see hpe_ray.data.augment)."""
+    keypoint_scores: bool = False
+    """True: the 2D-pose encoder also reads each joint's detector confidence in [0, 1] (input
+    16 x 2 + 17 instead of 16 x 2). Training simulates a detector (data.augment.occluded_*),
+    validation and evaluation on a dataset give every joint 1, `predict` the detector's scores
+    (0 for a missing joint). In-memory lifting only."""
 
     @field_validator("image_size")
     @classmethod
@@ -163,6 +173,9 @@ class TrainConfig(_Strict):
     """Cap on optimiser steps per epoch (small searches); None: one pass over the train split."""
     val_max_samples: int | None = Field(None, ge=1)
     tensorboard_images_every: int = Field(5, ge=0)
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
+    """A NaN or infinite loss: stop, naming the epoch and batch (the last checkpoint stays the
+    newest), or skip that optimiser step and count it (`nonfinite_steps` in the epoch metrics)."""
 
 
 class ScalingConfig(_Strict):
@@ -190,6 +203,9 @@ class Config(_Strict):
     def _consistent(self) -> "Config":
         if not self.loss.use_3d_labels and self.loss.reprojection_weight <= 0:
             raise ValueError("loss.use_3d_labels is false, so loss.reprojection_weight must be > 0")
+        if self.data.keypoint_scores and (self.uses_images or self.data.in_memory == "never"):
+            raise ValueError("data.keypoint_scores needs in-memory lifting (no rgb pair, data.in_memory not "
+                             "'never'): the detector scores are simulated there")
         return self
 
     @property

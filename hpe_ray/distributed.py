@@ -10,19 +10,24 @@ checkpoint, so Ray's FailureConfig restarts a failed run from its last epoch and
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
-from contextlib import nullcontext
+import signal
+import threading
+from contextlib import contextmanager, nullcontext
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
+import ray
 import ray.train
 import ray.train.torch
 
 from hpe_ray.config import Config, absolute_paths, config_from_dict
-from hpe_ray.training.checkpoint import read_checkpoint_state
+from hpe_ray.training.checkpoint import (latest_checkpoint_state, prune_checkpoints, read_checkpoint_state,
+                                         run_checkpoints)
 from hpe_ray.training.data import verify_training_data
 from hpe_ray.training.loop import Trainer, log_epoch
 from hpe_ray.training.tensorboard import EpochWriter
@@ -31,6 +36,8 @@ from hpe_ray.training.tensorboard import EpochWriter
 # that times out (e.g. resources that never free up) is retried at most run.max_failures times
 # (FailureConfig.controller_failure_limit; Ray's default retries forever).
 WORKER_GROUP_START_TIMEOUT_S = "300"
+
+logger = logging.getLogger(__name__)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -41,8 +48,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     device = ray.train.torch.get_device()
+    # The newest checkpoint on disk that loads: Ray's own list misses one written while the run
+    # was being interrupted, and holds one that a kill left truncated. Ray's is the fallback
+    # when the run folder is not on this node's filesystem.
     state = None
-    if (checkpoint := ray.train.get_checkpoint()) is not None:
+    if (latest := latest_checkpoint_state(loop_config["run_dir"], map_location=device)) is not None:
+        state, directory = latest
+        if rank == 0:
+            logger.info("resuming from %s (epoch %d)", directory, state["epoch"])
+    elif (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
             state = read_checkpoint_state(directory, map_location=device)
     # Alternating pairs leave the other branches without gradients in a step, which DDP must know.
@@ -92,6 +106,46 @@ def make_trainer(cfg: Config, *, run_name: str, storage_path: str | Path,
     )
 
 
+class RunInterrupted(Exception):
+    """A training run stopped by SIGINT or SIGTERM before its last epoch; the message says where
+    it stopped and how to continue. signal_number: the signal, for the exit code (128 + it)."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+@contextmanager
+def _interrupts_recorded():
+    """Yields a list that receives the signal numbers of SIGINT and SIGTERM while the body runs.
+
+    SIGTERM (a scheduler's kill, `timeout`) is turned into SIGINT so that Ray Train's own handler,
+    installed inside fit(), aborts the run gracefully for both. Only in the main thread (signal's rule).
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def on_sigterm(signum, frame):
+        received.append(signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT)
+
+    previous_term = signal.signal(signal.SIGTERM, on_sigterm)
+    previous_int = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):  # until fit() installs Ray's handler
+        received.append(signal.SIGINT)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
+
+
 def run_training(cfg: Config, *, resume: bool = True) -> ray.train.Result:
     """Train `cfg` as run cfg.run.name under cfg.run.storage (relative paths: from here).
 
@@ -104,4 +158,32 @@ def run_training(cfg: Config, *, resume: bool = True) -> ray.train.Result:
     run_name = cfg.run.name
     if not resume and (storage / run_name).exists():
         run_name = f"{run_name}-restart-{datetime.now():%Y%m%d-%H%M%S}"
-    return make_trainer(cfg, run_name=run_name, storage_path=storage).fit()
+    trainer = make_trainer(cfg, run_name=run_name, storage_path=storage)
+    result = None
+    if not ray.is_initialized():
+        # Before our handlers: Ray's native failure handler, installed by init, aborts the process on SIGTERM.
+        ray.init()
+    with _interrupts_recorded() as received:
+        try:
+            result = trainer.fit()
+        except (KeyboardInterrupt, SystemExit):  # Ray's SIGINT handler ends an aborted fit() in SystemExit
+            if not received:
+                received.append(signal.SIGINT)
+    done = run_checkpoints(storage / run_name)
+    epoch = int(done[-1][0].get("epoch", 0)) if done else 0
+    if received or result is None or epoch < cfg.train.epochs:
+        where = f"after epoch {epoch} of {cfg.train.epochs} (last checkpoint {done[-1][1]})" if done else \
+            f"before its first checkpoint (0 of {cfg.train.epochs} epochs)"
+        raise RunInterrupted(f"run {storage / run_name} interrupted {where}; run the same command to "
+                             "continue from it", received[0] if received else signal.SIGINT)
+    # An interrupted attempt may have left checkpoints Ray's list never took in (so never pruned).
+    prune_checkpoints(storage / run_name, cfg.run.checkpoints_to_keep, protected=_ray_checkpoint_names(storage / run_name))
+    return result
+
+
+def _ray_checkpoint_names(run_dir: Path) -> frozenset[str]:
+    """The checkpoint folders Ray Train's checkpoint list holds (it prunes those itself)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if not snapshot.is_file():
+        return frozenset()
+    return frozenset(entry["checkpoint_dir_name"] for entry in json.loads(snapshot.read_text())["checkpoint_results"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpe_ray.data.stream import load_pose_arrays, load_stats
+from hpe_ray.data.stream import check_shard_sizes, load_pose_arrays, load_stats
 from hpe_ray.metrics import POSE_ERRORS, base_action, mpjpe, pa_mpjpe, per_action_table, summarize_hypotheses
 from hpe_ray.normalization import add_root, root_relative
 from hpe_ray.training.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -92,6 +92,8 @@ def _batches(loaded: LoadedCheckpoint, data_dir: str | Path, split: str, modalit
     """Batch dicts of the split: from pose arrays (no JPEG decoding) or, for RGB, the shards."""
     if modality == "rgb":
         return eval_loader(loaded.cfg, loaded.stats, split, str(data_dir))
+    # The index is checked against the manifest when read; the shards it stands for by their size.
+    check_shard_sizes(data_dir, split, on_error=loaded.cfg.data.on_error)
     arrays = load_pose_arrays(data_dir, split, on_error=loaded.cfg.data.on_error)
     return array_batches(arrays, loaded.stats, loaded.cfg.train.batch_size)
 

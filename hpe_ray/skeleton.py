@@ -21,6 +21,10 @@ RIGHT_JOINTS: tuple[int, ...] = (1, 2, 3, 14, 15, 16)
 BONES: tuple[tuple[int, int], ...] = tuple(
     (parent, child) for child, parent in enumerate(PARENTS) if parent >= 0
 )
+# Each joint's neighbours in the skeleton (its parent and its children), in index order.
+JOINT_NEIGHBOURS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(sorted({p for p in (PARENTS[j],) if p >= 0} | {c for c, p in enumerate(PARENTS) if p == j}))
+    for j in range(NUM_JOINTS))
 # Indices kept from the original 32-joint mocap skeleton.
 H36M32_TO_17: tuple[int, ...] = (0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27)
 

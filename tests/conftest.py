@@ -48,16 +48,17 @@ def write_tiny_dataset(out_dir: Path, image_size: int | None = None) -> Path:
 
 
 def train_tiny_checkpoint(data_dir: Path, out_dir: Path, *, steps: int = 200, rgb: bool = False,
-                          mode_2d: str = "camera", epochs: int = 1) -> Path:
+                          mode_2d: str = "camera", epochs: int = 1, overrides: dict | None = None) -> Path:
     """A small lifting VAE (and RGB encoder) trained by the training core for `epochs` epochs of
-    up to `steps` steps (at least one; an epoch ends with the data); returns the path of its
-    last checkpoint.pt."""
+    up to `steps` steps (at least one; an epoch ends with the data), with further config
+    `overrides` (dotted keys); returns the path of its last checkpoint.pt."""
     pairs = {"pose2d_to_pose3d": 1.0, **({"rgb_to_pose3d": 1.0} if rgb else {})}
     cfg = Config().with_overrides({
         "data.dir": str(data_dir), "data.mode_2d": mode_2d, "data.image_size": 32, "loss.pairs": pairs,
         "data.virtual_camera_fraction": 0.0, "model.latent_dim": 8, "model.hidden": 32, "model.blocks": 2,
         "loss.beta.max": 0.01, "loss.schedule": "sum", "train.epochs": epochs, "train.steps_per_epoch": max(steps, 1),
-        "train.batch_size": 32, "train.lr": 3e-3, "train.eval_hypotheses": 2, "train.tensorboard_images_every": 0})
+        "train.batch_size": 32, "train.lr": 3e-3, "train.eval_hypotheses": 2, "train.tensorboard_images_every": 0,
+        **(overrides or {})})
     fit(cfg, out_dir)
     return out_dir / EPOCH_DIR.format(epoch=epochs) / CHECKPOINT_FILE
 

@@ -1,9 +1,12 @@
 """The CLI parses, validates and calls the library; these run it in-process (and once as a module)."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +130,113 @@ def test_data_errors_no_retry_can_fix_fail_before_ray_starts(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
         assert time.monotonic() - started < 10, "Ray was started"
+
+
+def test_verify_and_evaluate_name_a_damaged_shard_or_poses_index(tmp_path, capsys):
+    """Issue 14: `data verify` read only the shards and `evaluate` only the poses index, so a
+    test shard of random bytes left evaluate's table unchanged and a NaN in test-poses.npz
+    passed verify. Now each is named in one line with exit code 2."""
+    from conftest import train_tiny_checkpoint
+
+    data = write_tiny_dataset(tmp_path / "data")
+    checkpoint = train_tiny_checkpoint(data, tmp_path / "run", steps=2)
+    capsys.readouterr()
+
+    def broken(name: str, damage) -> str:
+        copy = tmp_path / name
+        shutil.copytree(data, copy)
+        damage(copy)
+        return str(copy)
+
+    def random_bytes(size_share: float):
+        def damage(folder):
+            shard = folder / "test-000000.tar"
+            shard.write_bytes(np.random.default_rng(0).bytes(int(shard.stat().st_size * size_share)))
+        return damage
+
+    def nan_in_test_index(folder):
+        path = folder / "test-poses.npz"
+        with np.load(path) as index:
+            arrays = {key: index[key] for key in index.files}
+        arrays["pose_3d_cam_mm"][5, 3, 0] = np.nan
+        np.savez(path, **arrays)
+
+    def fails(args: list[str], message: str) -> None:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+    same_size, half_size, nan = (broken("same", random_bytes(1.0)), broken("half", random_bytes(0.5)),
+                                 broken("nan", nan_in_test_index))
+    evaluate = ["evaluate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "evaluation"), "--data"]
+    fails(["data", "verify", same_size], "test-000000.tar: ")
+    fails(["data", "verify", nan], "test-poses.npz: poses index holds non-finite values")
+    fails([*evaluate, nan], "test-poses.npz: poses index holds non-finite values")
+    fails([*evaluate, half_size], "test-000000.tar: ")  # a stat tells; same-size bytes only verify's hash
+    assert main([*evaluate, str(data)]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc (Linux)")
+def test_killed_synth_leaves_no_worker_and_the_next_conversion_removes_its_folder(tmp_path, caplog):
+    """Issue 14: SIGKILL of `data synth --workers 2` left its pool processes running and its
+    .partial-PID folder behind. The workers now die with it; the next conversion into the same
+    folder removes the partial one of a PID that no longer runs, saying so."""
+    def children(pid: int) -> set[int]:
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(stat.parent.name))
+        return found
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+        except OSError:
+            return False
+
+    out = tmp_path / "synth"
+    synth = subprocess.Popen([sys.executable, "-m", "hpe_ray", "data", "synth", "--out", str(out), "--workers", "2",
+                              "--sequences", "2", "--frames", "40", "--image-size", "64"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Killed once the workers have delivered samples (the first shard is being written) and
+        # are at work on more; its children: two pool workers and multiprocessing's resource tracker.
+        deadline, workers, shards = time.monotonic() + 120, set(), []
+        while not (shards and len(workers) >= 2):
+            assert synth.poll() is None and time.monotonic() < deadline, "synth ended before it could be killed"
+            time.sleep(0.1)
+            workers, shards = children(synth.pid), list(tmp_path.glob(".synth.partial-*/train-000000.tar"))
+        os.kill(synth.pid, signal.SIGKILL)
+        synth.wait(timeout=10)
+    finally:
+        if synth.poll() is None:
+            synth.kill()
+            synth.wait()
+    deadline = time.monotonic() + 5
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in workers if running(pid)]
+    for pid in survivors:  # not left behind by a failing test
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == [], "processes of the killed synth survive"
+
+    def mentions_out(cmdline: Path) -> bool:
+        try:
+            return str(out) in cmdline.read_bytes().decode(errors="replace") and running(int(cmdline.parent.name))
+        except OSError:
+            return False
+
+    assert [p.parent.name for p in Path("/proc").glob("[0-9]*/cmdline") if mentions_out(p)] == []
+    partial = shards[0].parent
+    assert partial.is_dir() and not out.exists()
+
+    caplog.set_level("WARNING")
+    assert main(["data", "synth", "--out", str(out), "--sequences", "1", "--frames", "2",
+                 "--image-size", "0", "--workers", "1"]) == 0
+    assert not partial.exists() and (out / "manifest.json").is_file()
+    assert f"removing {partial}: left by a conversion (PID {synth.pid}) that no longer runs" in caplog.text

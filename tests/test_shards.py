@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +129,21 @@ def test_failed_conversion_leaves_no_dataset(tmp_path):
     with pytest.raises(RuntimeError, match="half-way"):
         write_dataset(tmp_path / "data", {**splits, "val": _failing_after(splits["val"], 2)})
     assert list(tmp_path.iterdir()) == []  # neither data/ nor the partial directory
+
+
+def test_partial_folders_of_killed_conversions_are_removed(tmp_path, caplog):
+    """Of this host's and older hpe_ray's (no host) partial folders, those of a PID that no longer
+    runs; another host's PIDs mean nothing here, a live PID may still be writing."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, host = int(ended.stdout), shards._host()
+    stale = [tmp_path / f".data.partial-{host}-{dead}", tmp_path / f".other.partial-{dead}"]
+    kept = [tmp_path / f".data.partial-elsewhere-{dead}", tmp_path / f".data.partial-{host}-{os.getppid()}"]
+    for folder in stale + kept:
+        folder.mkdir()
+        (folder / "train-000000.tar").write_bytes(b"half a shard")
+    write_dataset(tmp_path / "data")
+    assert [folder.exists() for folder in stale + kept] == [False, False, True, True]
+    assert f"removing {stale[0]}: left by a conversion (PID {dead}) that no longer runs" in caplog.text
 
 
 def test_existing_dataset_is_replaced_only_with_overwrite(tmp_path):

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import tarfile
 from collections import Counter
@@ -196,14 +197,17 @@ def test_truncated_shard_is_named(dataset):
     loader = _eval_loader(dataset, verify=False)
     shard = dataset / "train-000002.tar"
     shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
-    with pytest.raises(BadSampleError, match=r"train-000002\.tar: truncated or corrupt tar"):
+    with pytest.raises(BadSampleError, match=r"train-000002\.tar: unreadable after \d samples: truncated or corrupt"):
         list(loader)  # cut while streaming
     with pytest.raises(BadSampleError, match=r"train-000002\.tar: \d+ bytes, the manifest says \d+"):
         _loader(dataset, verify=False)  # seen from the size alone
     with pytest.raises(BadSampleError, match=r"train-000002\.tar: .*runs past the end"):
         stream.verify_shards(dataset)
     report = stream.verify_shards(dataset, ["train"], on_error="skip")
-    assert report["train"]["samples"] < 23 and sum(report["train"]["skipped"].values()) == 1
+    # Counted in samples: those the manifest says the shard holds beyond the ones read.
+    usable, skipped = report["train"]["samples"], report["train"]["skipped"]
+    assert usable < 23 and sum(skipped.values()) == 23 - usable
+    assert len(report["train"]["skipped"]) == 1 and "mismatches" not in report["train"]
 
 
 @pytest.mark.parametrize("damage", ["cut", "garble"])
@@ -228,3 +232,174 @@ def test_missing_images_and_splits_are_refused_early(tmp_path):
         _loader(tmp_path / "data", with_images=True)
     with pytest.raises(ValueError, match="no split 'extra'"):
         stream.load_pose_arrays(tmp_path / "data", "extra")
+
+
+# ---------------------------------------------------------------- index and shards against each other
+
+def _rewrite_index(path: Path, change) -> None:
+    """The npz with `change(columns)` applied, every other column kept."""
+    with np.load(path) as index:
+        columns = {name: index[name] for name in index.files}
+    change(columns)
+    np.savez(path, **columns)
+
+
+def _index_as_if_converted(data_dir: Path, split: str) -> None:
+    """The manifest's size and sha256 of a changed poses index updated, as if the conversion had
+    written it: only comparing it with the shards can then tell."""
+    manifest = shards.load_manifest(data_dir)
+    entry = manifest["splits"][split]
+    path = data_dir / entry["poses_index"]
+    entry["poses_bytes"], entry["poses_sha256"] = path.stat().st_size, shards.file_sha256(path)
+    (data_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_manifest_records_shard_and_index_checksums(dataset):
+    for split, entry in shards.load_manifest(dataset)["splits"].items():
+        assert entry["shard_sha256"] == [hashlib.sha256((dataset / name).read_bytes()).hexdigest()
+                                         for name in entry["shards"]]
+        index = dataset / f"{split}-poses.npz"
+        assert entry["poses_sha256"] == hashlib.sha256(index.read_bytes()).hexdigest()
+        assert entry["poses_bytes"] == index.stat().st_size
+    assert stream.verify_shards(dataset)["train"] == {"samples": 23, "skipped": {}}
+
+
+def test_verify_names_a_shard_overwritten_with_random_bytes(dataset):
+    shard = dataset / "test-000000.tar"
+    shard.write_bytes(np.random.default_rng(0).bytes(shard.stat().st_size))  # same size: a stat cannot tell
+    with pytest.raises(BadSampleError, match=r"test-000000\.tar: unreadable after 0 samples"):
+        stream.verify_shards(dataset)
+    stream.check_shard_sizes(dataset, "test")  # the cheap run-start check passes it: only verify hashes
+
+
+def test_verify_names_a_shard_that_reads_well_but_was_replaced(dataset):
+    """Same samples, other bytes (another mtime): the checksum alone tells."""
+    shard = dataset / "train-000001.tar"
+    with wds.TarWriter(str(shard), encoder=False, mtime=1) as writer:
+        for sample in make_samples(23, "S1", seed=1)[5:10]:
+            writer.write(shards.encode_sample(sample, "test"))
+    assert shard.stat().st_size == shards.load_manifest(dataset)["splits"]["train"]["shard_bytes"][1]
+    with pytest.raises(BadSampleError, match=r"train-000001\.tar: sha256 differs from the manifest's"):
+        stream.verify_shards(dataset)
+    report = stream.verify_shards(dataset, ["train"], on_error="skip")["train"]
+    assert report["samples"] == 23 and report["skipped"] == {}
+    assert len(report["mismatches"]) == 1 and "train-000001.tar: sha256 differs" in report["mismatches"][0]
+    assert stream.verify_shards(dataset, ["train"], checksums=False)["train"] == {"samples": 23, "skipped": {}}
+
+
+def test_nan_in_a_poses_index_is_named_by_verify_and_every_reader(dataset):
+    def nan(columns):
+        columns["pose_3d_cam_mm"][1, 4, 2] = np.nan
+
+    _rewrite_index(dataset / "test-poses.npz", nan)
+    pattern = r"test-poses\.npz: poses index holds non-finite values \(first at row 1, sample '.*S9"
+    with pytest.raises(BadSampleError, match=pattern):
+        stream.verify_shards(dataset)
+    with pytest.raises(BadSampleError, match=pattern):
+        stream.load_pose_arrays(dataset, "test")
+    report = stream.verify_shards(dataset, ["test"], on_error="skip")["test"]
+    assert report["samples"] == 3 and len(report["mismatches"]) == 1
+
+
+def test_nan_in_intrinsics_of_an_index_is_named(dataset):
+    _rewrite_index(dataset / "val-poses.npz", lambda columns: columns["intrinsics"].__setitem__((2, 0), np.inf))
+    with pytest.raises(BadSampleError, match=r"val-poses\.npz: poses index holds non-finite values \(first at row 2"):
+        stream.load_pose_arrays(dataset, "val")
+
+
+def test_a_changed_index_is_named_by_its_checksum(dataset):
+    """Finite, right count, other values: the manifest's size and sha256 tell, at every read."""
+    _rewrite_index(dataset / "train-poses.npz", lambda columns: columns["pose_3d_cam_mm"].__imul__(1.01))
+    with pytest.raises(BadSampleError, match=r"train-poses\.npz: sha256 differs from the manifest's"):
+        stream.load_pose_arrays(dataset, "train")
+
+
+def test_verify_names_an_index_whose_order_differs_from_the_shards(dataset):
+    def swap(columns):
+        for name in columns:
+            columns[name][[3, 7]] = columns[name][[7, 3]]
+
+    _rewrite_index(dataset / "train-poses.npz", swap)
+    with pytest.raises(BadSampleError, match=r"train-poses\.npz: sha256 differs"):
+        stream.load_pose_arrays(dataset, "train")
+    _index_as_if_converted(dataset, "train")
+    assert len(stream.load_pose_arrays(dataset, "train")) == 23  # sound by itself
+    with pytest.raises(BadSampleError, match=r"train-poses\.npz: poses index does not match the shards: row 3 holds "
+                                             r"'.*000007', the shards' sample there is '.*000003'"):
+        stream.verify_shards(dataset)
+
+
+def test_verify_names_an_index_whose_values_differ_from_the_shards(dataset):
+    _rewrite_index(dataset / "val-poses.npz", lambda columns: columns["keypoints_2d_px"][2].__iadd__(0.5))
+    _index_as_if_converted(dataset, "val")
+    with pytest.raises(BadSampleError, match=r"val-poses\.npz: poses index does not match the shards: "
+                                             r"keypoints_2d_px of sample '.*000002' \(row 2\) differs"):
+        stream.verify_shards(dataset)
+
+
+def test_a_manifest_without_checksums_is_read_with_one_warning(dataset, caplog):
+    """Datasets converted before the checksums were recorded keep working."""
+    manifest = shards.load_manifest(dataset)
+    for entry in manifest["splits"].values():
+        del entry["shard_sha256"], entry["poses_sha256"], entry["poses_bytes"]
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    shards._warned_without_checksums.clear()
+    assert stream.verify_shards(dataset)["train"] == {"samples": 23, "skipped": {}}
+    assert len(stream.load_pose_arrays(dataset, "val")) == 4
+    warnings = [r.message for r in caplog.records if "records no checksums" in r.message]
+    assert len(warnings) == 1
+
+
+def test_shard_sizes_are_checked_by_a_stat(dataset, caplog):
+    shard = dataset / "val-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:-512])
+    with pytest.raises(BadSampleError, match=r"val-000000\.tar: \d+ bytes, the manifest says \d+"):
+        stream.check_shard_sizes(dataset, "val")
+    stream.check_shard_sizes(dataset, "val", on_error="skip")
+    assert "val-000000.tar" in caplog.text
+    (dataset / "val-000000.tar").unlink()
+    with pytest.raises(BadSampleError, match=r"val-000000\.tar: missing"):
+        stream.check_shard_sizes(dataset, "val")
+
+
+# ---------------------------------------------------------------- skipped samples, counted
+
+def _cut_mid_sample(shard: Path, sample: int) -> None:
+    """Cut the shard in the middle of the pose member of its `sample`-th sample (0-based)."""
+    with tarfile.open(shard) as tar:
+        member = [m for m in tar.getmembers() if m.name.endswith(".pose3d.npy")][sample]
+    shard.write_bytes(shard.read_bytes()[:member.offset_data + member.size // 2])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_skip_mode_counts_the_samples_a_truncated_shard_lost(dataset, num_workers):
+    _cut_mid_sample(dataset / "train-000001.tar", 2)  # 2 of its 5 samples read, 3 lost
+    report = stream.verify_shards(dataset, ["train"], on_error="skip")["train"]
+    assert report["samples"] == 20 and list(report["skipped"].values()) == [3]
+    for world_size in (1, 3):  # every rank reads every shard and counts the lost samples of its share
+        batches = [batch for rank in range(world_size) for batch in _eval_loader(
+            dataset, on_error="skip", num_workers=num_workers, rank=rank, world_size=world_size)]
+        assert sum(len(b["key"]) for b in batches) == 20
+        assert sum(b["skipped_samples"] for b in batches) == 3  # from the worker processes too
+
+
+def test_skip_mode_reports_skipped_samples_per_epoch(tmp_path, caplog):
+    """One 10-sample train shard cut after 4 samples: every draw of it loses 6, each counted
+    in the epoch's metrics and its log line."""
+    from hpe_ray.config import Config
+    from hpe_ray.training.loop import fit
+
+    write_dataset(tmp_path / "data", make_splits(train=10, image_px=None), max_samples_per_shard=10)
+    _cut_mid_sample(tmp_path / "data" / "train-000000.tar", 4)
+    cfg = Config().with_overrides({
+        "data.dir": str(tmp_path / "data"), "data.in_memory": "never", "data.on_error": "skip",
+        "data.shuffle_buffer": 0, "data.loader_workers": 0, "loss.pairs": {"pose2d_to_pose3d": 1.0},
+        "model.latent_dim": 4, "model.hidden": 16, "model.blocks": 1, "train.epochs": 1, "train.batch_size": 4,
+        "train.steps_per_epoch": 2, "train.eval_hypotheses": 2, "train.tensorboard_images_every": 0})
+    caplog.set_level("INFO")
+    (metrics,) = fit(cfg, tmp_path / "run")
+    draws = sum("skipped 6 samples: " in r.message and "train-000000.tar: unreadable after 4 samples" in r.message
+                for r in caplog.records)
+    assert draws >= 2 and metrics["skipped_samples"] == 6 * draws and metrics["val_skipped_samples"] == 0
+    (line,) = [r.message for r in caplog.records if r.message.startswith("epoch 1/1")]
+    assert line.endswith(f"; skipped {6 * draws} bad samples (train {6 * draws}, val 0)")

@@ -148,7 +148,7 @@ def test_run_directory_resolves_to_the_lowest_val_mpjpe(tmp_path):
 
 
 def test_load_checkpoint_errors_name_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint directories"):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint directories"):
         load_checkpoint(tmp_path)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -370,6 +370,57 @@ def test_streaming_runs_verify_the_shards_once_on_the_driver(tmp_path):
     shard = data_dir / "val-000000.tar"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     lifting = Config().with_overrides({"data.dir": str(data_dir)})
-    verify_training_data(lifting)  # in-memory lifting reads the poses index, not the tars
+    # In-memory lifting reads the poses index, not the tars, and checks their sizes (a stat).
+    with pytest.raises(BadSampleError, match=r"val-000000\.tar: \d+ bytes, the manifest says \d+"):
+        verify_training_data(lifting)
+    verify_training_data(lifting.with_overrides({"data.on_error": "skip"}))  # a warning
     with pytest.raises(BadSampleError, match=r"val-000000\.tar"):
         verify_training_data(lifting.with_overrides({"data.in_memory": "never"}))
+
+
+# ---------------------------------------------------------------- a diverging run
+
+def _poisoned_trainer(data_dir: Path, nonfinite_loss: str):
+    """A Trainer whose second train batch of every epoch carries a NaN 2D input (the fault)."""
+    from hpe_ray.models.vae import BATCH_KEY
+    from hpe_ray.training.loop import Trainer
+
+    cfg = Config().with_overrides({
+        "data.dir": str(data_dir), "model.latent_dim": 8, "model.hidden": 32, "model.blocks": 2,
+        "train.epochs": 1, "train.steps_per_epoch": 6, "train.batch_size": 32, "train.eval_hypotheses": 2,
+        "train.nonfinite_loss": nonfinite_loss})
+    trainer = Trainer(cfg)
+    clean = trainer._train_batches
+
+    def poisoned(epoch):
+        for index, batch in enumerate(clean(epoch)):
+            if index == 1:
+                batch = {**batch, BATCH_KEY["pose2d"]: torch.full_like(batch[BATCH_KEY["pose2d"]], math.nan)}
+            yield batch
+
+    trainer._train_batches = poisoned
+    return trainer
+
+
+def test_a_nonfinite_loss_stops_the_run_naming_epoch_and_batch(tiny_dataset):
+    from hpe_ray.training.loop import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match=r"^epoch 1, batch 2: the loss is not finite \(pose2d_to_pose3d=nan\)"):
+        _poisoned_trainer(tiny_dataset, "stop").run_epoch()
+
+
+def test_a_nonfinite_loss_can_be_skipped_and_counted(tiny_dataset):
+    metrics = _poisoned_trainer(tiny_dataset, "skip").run_epoch()
+    assert metrics["nonfinite_steps"] == 1
+    assert math.isfinite(metrics["val_mpjpe"]) and math.isfinite(metrics["loss_pose2d_to_pose3d"])
+
+
+def test_a_diverged_model_stops_at_validation(tiny_dataset, tmp_path):
+    """Weights that overflow on a finite loss: validation names it instead of failing in an SVD."""
+    from conftest import train_tiny_checkpoint
+    from hpe_ray.training.loop import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="the model predicts non-finite poses|the loss is not finite"):
+        train_tiny_checkpoint(tiny_dataset, tmp_path, steps=20, overrides={
+            "train.lr": 1e30, "train.grad_clip": 0.0, "train.nonfinite_loss": "skip"})
+    assert not list(tmp_path.glob("checkpoint_*"))

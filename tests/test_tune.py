@@ -528,30 +528,3 @@ def test_an_experiment_folder_holds_one_search_at_a_time(tmp_path):
                 pass
     with experiment_lock(tmp_path):  # released when the first search ends
         pass
-
-
-@pytest.mark.slow
-def test_a_second_search_on_the_same_folder_refuses_at_once(tmp_path):
-    """Two `hpe-ray tune` on one experiment: the second exits 2 with one line while the first runs
-    on, and the first still finishes every trial."""
-    data = make_tiny_dataset(tmp_path / "data")
-    space = write_space(tmp_path, {**TINY_SPACE, "search_settings": {**TINY_SPACE["search_settings"],
-                                                                      "num_samples": 2}}, "tiny.yaml")
-    args = [PYTHON, "-m", "hpe_ray", "tune", "--space", str(space), "--data", str(data),
-            "--storage", str(tmp_path / "runs"), "--name", "shared", "--resume"]
-    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        lock = tmp_path / "runs" / "shared" / ".search.lock"
-        deadline = time.monotonic() + 120
-        while not (lock.is_file() and lock.read_text()):
-            assert first.poll() is None and time.monotonic() < deadline, "the first search never took the folder"
-            time.sleep(0.2)
-        second = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2, second.stdout + second.stderr
-        assert f"another search is running on this experiment (pid {first.pid} on " in second.stderr
-        assert len(second.stderr.strip().splitlines()) == 1
-        output = first.communicate(timeout=600)[0]
-    finally:
-        first.kill()
-    assert first.returncode == 0, output[-4000:]
-    assert len(pd.read_csv(tmp_path / "runs" / "shared" / "leaderboard.csv")) == 2

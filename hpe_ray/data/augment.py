@@ -14,9 +14,10 @@ import math
 import torch
 
 from hpe_ray.camera import project_to_pixels
-from hpe_ray.config import DataConfig
+from hpe_ray.config import AugmentConfig, DataConfig
 from hpe_ray.rotation import axis_rotation
-from hpe_ray.skeleton import BONES, JOINT_NAMES, LEFT_JOINTS, RIGHT_JOINTS, flip_left_right
+from hpe_ray.skeleton import (BONES, JOINT_NAMES, JOINT_NEIGHBOURS, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS,
+                              flip_left_right)
 
 _J = {name: i for i, name in enumerate(JOINT_NAMES)}
 # Joints whose placement differs between mocap converters and 2D detectors, as shifted by
@@ -150,6 +151,61 @@ def keypoint_noise(keypoints_2d_px: torch.Tensor, max_sigma: float, generator: t
     sigma = _uniform(n, 0.0, max_sigma, generator, keypoints_2d_px) * height_px
     noise = torch.randn(keypoints_2d_px.shape, generator=generator, dtype=torch.float64).to(keypoints_2d_px)
     return keypoints_2d_px + noise * sigma[:, None, None]
+
+
+# The simulated detector of data.keypoint_scores. Visible joints score Beta(VISIBLE_SCORE_SHAPE, 1):
+# mean 0.9, below 0.5 for 0.2 % of them. Occluded joints score uniformly below OCCLUDED_SCORE_MAX,
+# the confidence under which `predict` fills a joint (hpe_ray.inference.formats.DEFAULT_MIN_SCORE),
+# and OCCLUDED_ON_NEIGHBOUR of them sit on a neighbouring joint (a detector confusing the two).
+VISIBLE_SCORE_SHAPE = 9.0
+OCCLUDED_SCORE_MAX = 0.3
+OCCLUDED_ON_NEIGHBOUR = 0.5
+_NEIGHBOUR_COUNT = torch.tensor([len(n) for n in JOINT_NEIGHBOURS])
+_NEIGHBOUR_TABLE = torch.tensor([n + n[:1] * (4 - len(n)) for n in JOINT_NEIGHBOURS])  # (17, 4), padded
+
+
+def random_occlusion(n: int, share: float, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
+    """(n, 17) bool: each joint occluded with probability `share`, independently."""
+    return (torch.rand(n, NUM_JOINTS, generator=generator) < share).to(device)
+
+
+def detector_scores(occluded: torch.Tensor, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """(N, 17) confidences in [0, 1] on like's device and dtype for occluded (N, 17) bool: visible
+    joints Beta(VISIBLE_SCORE_SHAPE, 1) (drawn as U ** (1 / shape)) raised to OCCLUDED_SCORE_MAX
+    where lower (2e-5 of them), occluded ones uniform in [0, OCCLUDED_SCORE_MAX)."""
+    u = torch.rand(occluded.shape, generator=generator, dtype=torch.float64)
+    visible = (u ** (1.0 / VISIBLE_SCORE_SHAPE)).clamp(min=OCCLUDED_SCORE_MAX)
+    scores = torch.where(occluded.cpu(), u * OCCLUDED_SCORE_MAX, visible)
+    return scores.to(like.device, like.dtype)
+
+
+def occlude_keypoints(keypoints_2d_px: torch.Tensor, occluded: torch.Tensor, shift: float,
+                      generator: torch.Generator) -> torch.Tensor:
+    """Occluded joints where a detector would guess them: (N, 17, 2) px, the others unchanged.
+
+    keypoints_2d_px (N, 17, 2); occluded (N, 17) bool. OCCLUDED_ON_NEIGHBOUR of the occluded
+    joints take a random skeleton neighbour's position (as given), the rest move by Gaussian noise
+    of sigma shift x the height of their 2D pose (shift 0.1: 40 px on a person 400 px tall).
+    """
+    n = len(keypoints_2d_px)
+    u = torch.rand(n, NUM_JOINTS, 2, generator=generator, dtype=torch.float64)
+    noise = torch.randn(n, NUM_JOINTS, 2, generator=generator, dtype=torch.float64).to(keypoints_2d_px)
+    height_px = keypoints_2d_px[..., 1].amax(-1) - keypoints_2d_px[..., 1].amin(-1)
+    displaced = keypoints_2d_px + noise * (shift * height_px)[:, None, None]
+    pick = (u[..., 1] * _NEIGHBOUR_COUNT).long()  # which neighbour: uniform over each joint's
+    neighbour = _NEIGHBOUR_TABLE.gather(1, pick.T).T.to(keypoints_2d_px.device)  # (N, 17) joint indices
+    on_neighbour = keypoints_2d_px.gather(1, neighbour[..., None].expand(-1, -1, 2))
+    guess = torch.where((u[..., :1] < OCCLUDED_ON_NEIGHBOUR).to(keypoints_2d_px.device), on_neighbour, displaced)
+    return torch.where(occluded[..., None], guess, keypoints_2d_px)
+
+
+def simulate_detector(keypoints_2d_px: torch.Tensor, aug: AugmentConfig,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact 2D as a detector would give it: (keypoints_2d_px (N, 17, 2), scores (N, 17)), a share
+    aug.occluded_joints of the joints occluded (`occlude_keypoints`, `detector_scores`)."""
+    occluded = random_occlusion(len(keypoints_2d_px), aug.occluded_joints, generator, keypoints_2d_px.device)
+    keypoints = occlude_keypoints(keypoints_2d_px, occluded, aug.occluded_shift, generator)
+    return keypoints, detector_scores(occluded, generator, keypoints_2d_px)
 
 
 def augment_views(keypoints_2d_px: torch.Tensor, pose_3d_cam_mm: torch.Tensor, intrinsics: torch.Tensor,

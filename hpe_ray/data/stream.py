@@ -14,7 +14,12 @@ of the file, fewer samples than the manifest says):
   tar header and the pose arrays, skips JPEG payloads), so bad shards fail at start-up, not
   deep into an epoch. A JPEG that is corrupt inside a well-formed tar is found when decoded.
 - on_error="skip": each bad sample (or the unreadable rest of a shard) is logged and counted by
-  reason in a `SkipLog`; a split with no usable sample left still raises.
+  reason, in samples, in a `SkipLog`; a split with no usable sample left still raises. Streaming
+  batches carry "skipped_samples": those lost since the previous batch of the same process.
+
+The poses index is read whole, so its problems (size, sha256, count, non-finite values) always
+raise. `verify_shards` also hashes every shard and checks the index against the shards' samples;
+runs check only what is cheap (`check_shard_sizes`, and the index when it is read).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import math
 import os
 import tarfile
+import zipfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Iterator
@@ -37,7 +43,8 @@ from PIL import Image
 from hpe_ray.camera import Intrinsics
 from hpe_ray.data.batch import images_to_model_range, pose_batch
 from hpe_ray.data.sample import BadSampleError, PoseArrays, PoseSample
-from hpe_ray.data.shards import IMAGE_FIELD, POSE_FIELDS, STATS_FILE, SkipLog, load_manifest, read_json
+from hpe_ray.data.shards import (IMAGE_FIELD, POSE_FIELDS, STATS_FILE, SkipLog, file_sha256, load_manifest,
+                                 missing_checksums, read_json)
 from hpe_ray.normalization import NormStats, without_2d_scores
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
 
@@ -142,24 +149,38 @@ def _read_tar(shard: Path, read_exts: frozenset[str]) -> Iterator[tuple[str, dic
             yield key, files
 
 
-def _shard_samples(shard: Path, expected_count: int, skips: SkipLog, *, read_exts: frozenset[str],
-                   required: tuple[str, ...]) -> Iterator[PoseSample]:
+def _shard_records(shard: Path, expected_count: int, skips: SkipLog, read_exts: frozenset[str],
+                   lost_share=None) -> Iterator[tuple[str, dict[str, bytes | None]]]:
+    """`_read_tar` of one shard; a tar that breaks off or holds fewer samples than the manifest
+    says goes to `skips` once, as the samples it lacks (the one read when it broke off included),
+    or lost_share(read, expected_count) of them: those that are this reader's to count."""
     count = 0
+
+    def lost() -> int:
+        return lost_share(count, expected_count) if lost_share else max(expected_count - count, 0)
+
     try:
         for key, files in _read_tar(shard, read_exts):
             count += 1
-            try:
-                sample = decode_record(key, files, str(shard), required=required)
-            except BadSampleError as err:
-                skips(err)
-                continue
-            yield sample
+            yield key, files
     except (tarfile.TarError, OSError) as err:
-        skips(BadSampleError(f"{shard}: unreadable after {count} samples: truncated or corrupt tar ({err})"))
+        skips(BadSampleError(f"{shard}: unreadable after {count} samples: truncated or corrupt tar ({err})"),
+              samples=lost())
         return
     if count != expected_count:
         skips(BadSampleError(f"{shard}: holds {count} samples, the manifest says {expected_count}: "
-                             "truncated or replaced"))
+                             "truncated or replaced"), samples=lost())
+
+
+def _shard_samples(shard: Path, expected_count: int, skips: SkipLog, *, read_exts: frozenset[str],
+                   required: tuple[str, ...]) -> Iterator[PoseSample]:
+    for key, files in _shard_records(shard, expected_count, skips, read_exts):
+        try:
+            sample = decode_record(key, files, str(shard), required=required)
+        except BadSampleError as err:
+            skips(err)
+            continue
+        yield sample
 
 
 def _split_samples(data_dir: str | os.PathLike, split: str, skips: SkipLog, *, read_exts: frozenset[str],
@@ -185,13 +206,26 @@ def _loader_entry(manifest: dict, data_dir: str | os.PathLike, split: str, with_
     if with_images and entry["with_images"] < entry["count"]:
         raise BadSampleError(f"{data_dir}: split {split!r} has images for {entry['with_images']} of "
                              f"{entry['count']} samples; train without images or convert with images")
+    _check_sizes(data_dir, entry, skips)
+    return entry
+
+
+def _check_sizes(data_dir: str | os.PathLike, entry: dict, skips: SkipLog) -> None:
+    """A stat per shard: a missing shard or one whose size differs from the manifest is raised
+    or (skip) logged; the samples it loses are counted when it is read."""
     for name, expected_bytes in zip(entry["shards"], entry["shard_bytes"]):
         path = Path(data_dir) / name
         size = path.stat().st_size if path.is_file() else None
         if size != expected_bytes:
             found = "missing" if size is None else f"{size} bytes"
-            skips(BadSampleError(f"{path}: {found}, the manifest says {expected_bytes}: truncated or replaced"))
-    return entry
+            skips.warn(BadSampleError(f"{path}: {found}, the manifest says {expected_bytes}: truncated or replaced"))
+
+
+def check_shard_sizes(data_dir: str | os.PathLike, split: str, on_error: str = "raise") -> None:
+    """Every shard of a split is there with the size the manifest says (a stat each, no reading):
+    the cheap check of a run that reads only the poses index. BadSampleError naming the shard,
+    or (on_error="skip") a logged warning."""
+    _check_sizes(data_dir, _split_entry(load_manifest(data_dir), data_dir, split), SkipLog(on_error))
 
 
 def iter_samples(data_dir: str | os.PathLike, split: str, *, with_images: bool = True,
@@ -211,7 +245,7 @@ def load_pose_arrays(data_dir: str | os.PathLike, split: str, on_error: str = "r
     manifest = load_manifest(data_dir)
     entry = _split_entry(manifest, data_dir, split)
     if use_index and entry.get("poses_index"):
-        return _read_poses_index(Path(data_dir) / entry["poses_index"], entry["count"])
+        return _read_poses_index(data_dir, entry)
     blocks, rows = [], []
     for sample in _split_samples(data_dir, split, SkipLog(on_error), read_exts=_POSES_ONLY):
         rows.append(sample)
@@ -225,40 +259,160 @@ def load_pose_arrays(data_dir: str | os.PathLike, split: str, on_error: str = "r
     return PoseArrays.concatenate(blocks)
 
 
-def _read_poses_index(path: Path, expected_count: int) -> PoseArrays:
+def _read_poses_index(data_dir: str | os.PathLike, entry: dict, *, checksum: bool = True) -> PoseArrays:
+    """A split's poses index, checked against its manifest entry: sample count, finite values,
+    then (checksum, when the manifest records them) size and sha256 of the file. Any problem
+    raises BadSampleError naming the file: an index is used whole or not at all."""
+    path = Path(data_dir) / entry["poses_index"]
     try:
         with np.load(path, allow_pickle=False) as index:
             arrays = PoseArrays(**{f.name: index[f.name] for f in fields(PoseArrays)})
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise BadSampleError(f"{path}: unreadable poses index ({err}); convert the data again") from None
-    if len(arrays) != expected_count or not (
-            np.isfinite(arrays.keypoints_2d_px).all() and np.isfinite(arrays.pose_3d_cam_mm).all()):
+    if len(arrays) != entry["count"]:
         raise BadSampleError(f"{path}: poses index does not match the manifest ({len(arrays)} samples, "
-                             f"manifest says {expected_count}) or holds non-finite values")
+                             f"manifest says {entry['count']}); convert the data again")
+    finite = [np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+              for a in (arrays.keypoints_2d_px, arrays.pose_3d_cam_mm, arrays.intrinsics)]
+    if not all(f.all() for f in finite):
+        first = int(np.flatnonzero(~np.logical_and.reduce(finite))[0])
+        raise BadSampleError(f"{path}: poses index holds non-finite values (first at row {first}, sample "
+                             f"{str(arrays.key[first])!r}); convert the data again")
+    if checksum and not missing_checksums(data_dir, entry, "poses_sha256"):
+        size = path.stat().st_size
+        if size != entry["poses_bytes"]:
+            raise BadSampleError(f"{path}: {size} bytes, the manifest says {entry['poses_bytes']}: poses index "
+                                 "replaced after conversion; convert the data again")
+        if file_sha256(path) != entry["poses_sha256"]:
+            raise BadSampleError(f"{path}: sha256 differs from the manifest's: poses index changed after "
+                                 "conversion; convert the data again")
     return arrays
 
 
 def verify_shards(data_dir: str | os.PathLike, splits: list[str] | None = None, *,
-                  on_error: str = "raise") -> dict[str, dict]:
+                  on_error: str = "raise", checksums: bool = True) -> dict[str, dict]:
     """Read every tar header and pose array of the given splits (all by default), fast.
 
     Checks the tar structure, sample counts against the manifest, required fields (`jpg` too
     when the manifest says every sample of the split has one; JPEG payloads are not decoded),
-    shapes and finite values. Returns {split: {"samples": usable, "skipped": {reason: n}}};
-    raises BadSampleError at the first problem with on_error="raise", and in any mode when a
-    split with samples has none usable.
+    shapes and finite values; with `checksums`, every shard's sha256 against the manifest (this
+    reads the JPEG bytes too: leave it to `hpe-ray data verify`, not every run). The poses index
+    is checked against the manifest (`_read_poses_index`) and the shards: the same keys in the
+    same order and the same 2D, 3D and intrinsics values.
+
+    Returns {split: {"samples": usable, "skipped": {reason: samples lost}}}, plus "mismatches":
+    [one line per file] when a shard or index differs from the manifest or the shards without
+    a sample being unusable (skip mode). Raises BadSampleError at the first problem with
+    on_error="raise", and in any mode when a split with samples has none usable.
     """
     manifest = load_manifest(data_dir)
     report = {}
     for split in splits or manifest["splits"]:
         entry = _split_entry(manifest, data_dir, split)
         skips = SkipLog(on_error)
+        mismatches: list[str] = []
+
+        def mismatch(message: str) -> None:
+            skips.warn(BadSampleError(message))
+            mismatches.append(message)
+
         required = POSE_FIELDS + ((IMAGE_FIELD,) if entry["with_images"] == entry["count"] else ())
-        usable = sum(1 for _ in _split_samples(data_dir, split, skips, read_exts=_POSES_ONLY, required=required))
+        index = _IndexComparison.of(data_dir, entry, mismatch)
+        hashes = (entry["shard_sha256"] if checksums and not missing_checksums(data_dir, entry, "shard_sha256")
+                  else [None] * len(entry["shards"]))
+        usable = 0
+        for name, count, expected_sha256 in zip(entry["shards"], entry["shard_counts"], hashes):
+            shard = Path(data_dir) / name
+            sha256 = file_sha256(shard) if expected_sha256 and shard.is_file() else expected_sha256
+            problems_before = skips.problems
+            for sample in _shard_samples(shard, count, skips, read_exts=_POSES_ONLY, required=required):
+                usable += 1
+                if index:
+                    index.add(sample, rows_lost=bool(skips.problems))
+            # A shard that reads well but differs from the conversion's (a problem while reading
+            # names itself better; in skip mode its samples are counted then).
+            if sha256 != expected_sha256 and skips.problems == problems_before:
+                mismatch(f"{shard}: sha256 differs from the manifest's: shard replaced or changed after "
+                         "conversion; convert the data again")
+        if index:
+            index.finish()
         if usable == 0 and entry["count"] > 0:
             raise BadSampleError(f"{data_dir}: split {split!r} has no usable samples: {dict(skips.counts)}")
         report[split] = {"samples": usable, "skipped": dict(skips.counts)}
+        if mismatches:
+            report[split]["mismatches"] = mismatches
     return report
+
+
+class _IndexComparison:
+    """Checks a split's poses index against the samples read from its shards, in blocks: every
+    sample read is the next row of the index with its key (rows of samples that could not be
+    read are passed over) and has the same 2D, 3D and intrinsics values."""
+
+    def __init__(self, path: Path, arrays: PoseArrays, mismatch) -> None:
+        self.path, self.arrays, self.mismatch = path, arrays, mismatch
+        self.keys = arrays.key
+        self.next_row = 0
+        self.rows: list[int] = []
+        self.samples: list[PoseSample] = []
+        self.failed = False
+
+    @classmethod
+    def of(cls, data_dir: str | os.PathLike, entry: dict, mismatch) -> "_IndexComparison | None":
+        """None when the split has no index, or it is unusable (reported through `mismatch`)."""
+        if not entry.get("poses_index"):
+            return None
+        try:
+            return cls(Path(data_dir) / entry["poses_index"], _read_poses_index(data_dir, entry), mismatch)
+        except BadSampleError as err:
+            mismatch(str(err))
+            return None
+
+    def add(self, sample: PoseSample, rows_lost: bool) -> None:
+        """The next sample read; rows_lost: whether samples before it could not be read, so
+        that its row may lie further on."""
+        if self.failed:
+            return
+        row = self.next_row
+        if not rows_lost:
+            if row == len(self.keys) or self.keys[row] != sample.key:
+                held = repr(str(self.keys[row])) if row < len(self.keys) else "nothing"
+                self._fail(f"row {row} holds {held}, the shards' sample there is {sample.key!r}: keys or their "
+                           "order differ")
+                return
+        while row < len(self.keys) and self.keys[row] != sample.key:
+            row += 1
+        if row == len(self.keys):
+            expected = repr(str(self.keys[self.next_row])) if self.next_row < len(self.keys) else "the end"
+            self._fail(f"the shards' sample {sample.key!r} is not in the index at or after row {self.next_row} "
+                       f"(which holds {expected}): keys or their order differ")
+            return
+        self.next_row = row + 1
+        self.rows.append(row)
+        self.samples.append(sample)
+        if len(self.rows) == _BLOCK:
+            self._compare()
+
+    def finish(self) -> None:
+        if not self.failed:
+            self._compare()
+
+    def _compare(self) -> None:
+        if not self.rows:
+            return
+        read, rows = PoseArrays.from_samples(self.samples), np.asarray(self.rows)
+        for name in ("keypoints_2d_px", "pose_3d_cam_mm", "intrinsics"):
+            indexed, decoded = getattr(self.arrays, name)[rows], getattr(read, name)
+            differ = ~(indexed == decoded).reshape(len(rows), -1).all(axis=1)
+            if differ.any():
+                first = int(np.flatnonzero(differ)[0])
+                self._fail(f"{name} of sample {self.samples[first].key!r} (row {rows[first]}) differs from its shard")
+                return
+        self.rows, self.samples = [], []
+
+    def _fail(self, problem: str) -> None:
+        self.failed = True
+        self.mismatch(f"{self.path}: poses index does not match the shards: {problem}; convert the data again")
 
 
 # ---------------------------------------------------------------- streaming loaders
@@ -284,21 +438,25 @@ def make_loader(data_dir: str | os.PathLike, split: str, batch_size: int, *, wit
     once before training (driver side) and pass False to the per-rank loaders; shard sizes
     are checked against the manifest either way. Bad samples
     met while streaming go to `loader.skips` (a SkipLog; counts of DataLoader worker processes
-    stay in those processes, their log lines do not).
+    stay in those processes, their log lines do not) and each batch's "skipped_samples", which
+    comes out of worker processes too: sum those for a total.
     """
     rank, world_size = _check_rank(rank, world_size)
     skips = SkipLog(on_error)
     entry = _loader_entry(load_manifest(data_dir), data_dir, split, with_images, skips)
     if verify:
-        verify_shards(data_dir, [split], on_error=on_error)
+        verify_shards(data_dir, [split], on_error=on_error, checksums=False)
     if batches_per_epoch is None:
         batches_per_epoch = math.ceil(entry["count"] / (world_size * batch_size))
     shuffle = (functools.partial(_shuffled, buffer_size=shuffle_buffer, seed=seed, rank=rank)
                if shuffle_buffer > 0 else None)
+    shard_counts = _shard_urls(data_dir, entry)
     pipeline = wds.DataPipeline(
         # deterministic=True: the shard sequence follows (seed, rank, worker, epoch) only.
-        wds.ResampledShards(_shard_urls(data_dir, entry), seed=seed, deterministic=True,
+        wds.ResampledShards(list(shard_counts), seed=seed, deterministic=True,
                             worker_seed=functools.partial(_worker_seed, rank)),
+        # Each rank draws its own shards: what a draw lost is this rank's to count.
+        functools.partial(_tar_records, skips=skips, shard_counts=shard_counts, with_images=with_images),
         *_decoded_batches(skips, batch_size, stats, with_images, image_size, partial=False, after_read=shuffle))
     # Persistent workers keep their shard sampler, so its epoch counter moves on and each epoch
     # draws new shards (fresh workers would repeat the first epoch's sequence).
@@ -321,11 +479,16 @@ def make_eval_loader(data_dir: str | os.PathLike, split: str, batch_size: int, *
     skips = SkipLog(on_error)
     entry = _loader_entry(load_manifest(data_dir), data_dir, split, with_images, skips)
     if verify:
-        verify_shards(data_dir, [split], on_error=on_error)
-    urls = _shard_urls(data_dir, entry)
+        verify_shards(data_dir, [split], on_error=on_error, checksums=False)
+    shard_counts = _shard_urls(data_dir, entry)
+    urls = list(shard_counts)
     first_index = dict(zip(urls, np.cumsum([0] + entry["shard_counts"][:-1]).tolist()))
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(urls), wds.split_by_worker,
+        # Every rank reads every shard: each counts the lost samples of its share.
+        functools.partial(_tar_records, skips=skips, shard_counts=shard_counts, with_images=with_images,
+                          lost_share=functools.partial(_rank_lost, first_index=first_index, rank=rank,
+                                                       world_size=world_size)),
         *_decoded_batches(skips, batch_size, stats, with_images, image_size, partial=True,
                           after_read=functools.partial(_rank_share, first_index=first_index, rank=rank,
                                                        world_size=world_size)))
@@ -343,26 +506,53 @@ def _check_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def _shard_urls(data_dir: str | os.PathLike, entry: dict) -> list[str]:
-    return [str(Path(data_dir).resolve() / name) for name in entry["shards"]]
+def _shard_urls(data_dir: str | os.PathLike, entry: dict) -> dict[str, int]:
+    """{shard path: samples the manifest says it holds}, in shard order."""
+    return {str(Path(data_dir).resolve() / name): count for name, count in zip(entry["shards"], entry["shard_counts"])}
 
 
 def _decoded_batches(skips: SkipLog, batch_size: int, stats: NormStats, with_images: bool,
                      image_size: int, *, partial: bool, after_read) -> list:
-    """Pipeline stages from shard urls to batches; `after_read` (shuffle or rank share) sees raw records."""
-    wanted = _WITH_IMAGES if with_images else _POSES_ONLY
-    required = tuple(sorted(wanted))
+    """Pipeline stages from raw records (`_tar_records`) to batches; `after_read` (shuffle or
+    rank share) sees raw records."""
+    required = tuple(sorted(_WITH_IMAGES if with_images else _POSES_ONLY))
     return [
-        # Poses only: JPEG members are dropped by name before their bytes are read.
-        wds.tarfile_to_samples(handler=skips, select_files=functools.partial(_has_extension, wanted=wanted)),
         after_read,
         wds.map(functools.partial(_decode_raw, required=required, image_size=image_size), handler=skips),
         wds.batched(batch_size, collation_fn=functools.partial(collate_batch, stats=stats), partial=partial),
+        functools.partial(_with_skip_counts, skips=skips),
     ]
 
 
-def _has_extension(name: str, wanted: frozenset[str]) -> bool:
-    return name.partition(".")[2] in wanted
+def _tar_records(shards: Iterator[dict], skips: SkipLog, shard_counts: dict[str, int], with_images: bool,
+                 lost_share=None) -> Iterator[dict]:
+    """Raw records {"__key__", "__url__", extension: bytes} of each shard url, read like
+    `verify_shards` reads them (`_shard_records`), so that a shard that breaks off counts the
+    samples it lacks (lost_share(url, read, expected): this reader's part of them); members with
+    other extensions (poses only: the JPEGs) are never read."""
+    wanted = _WITH_IMAGES if with_images else _POSES_ONLY
+    for shard in shards:
+        url = shard["url"]
+        share = functools.partial(lost_share, url) if lost_share else None
+        for key, files in _shard_records(Path(url), shard_counts[url], skips, wanted, share):
+            yield {"__key__": key, "__url__": url, **{ext: data for ext, data in files.items() if data is not None}}
+
+
+def _rank_lost(url: str, read: int, expected: int, first_index: dict[str, int], rank: int, world_size: int) -> int:
+    """Of a shard's samples read..expected-1 (lost), how many are `rank`'s share (`_rank_share`)."""
+    def before(n: int) -> int:  # indices in [0, n) that are rank modulo world_size
+        return max(0, (n - rank + world_size - 1) // world_size)
+
+    start = first_index[url]
+    return max(0, before(start + expected) - before(start + read))
+
+
+def _with_skip_counts(batches: Iterator[dict], skips: SkipLog) -> Iterator[dict]:
+    """Each batch's "skipped_samples": samples this process skipped since its previous batch.
+    A DataLoader worker's SkipLog is its own copy; this is how its counts reach the loop."""
+    for batch in batches:
+        batch["skipped_samples"] = skips.take_unreported()
+        yield batch
 
 
 def _decode_raw(raw: dict, required: tuple[str, ...], image_size: int) -> PoseSample:

@@ -15,10 +15,15 @@ selection, like the test, measures generalisation to unseen people.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -544,10 +549,36 @@ def write_synthetic_dataset(spec: SyntheticSpec, out_dir: str | os.PathLike, *, 
         return write(synthetic_splits(spec))
     workers = min(workers, os.cpu_count() or 1)
     # spawn, not fork: the caller may hold threads (tqdm, BLAS, Ray) that a fork would copy mid-flight.
-    # A worker that dies raises BrokenProcessPool here rather than hanging.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # A worker that dies raises BrokenProcessPool here rather than hanging; one whose parent dies
+    # (even by SIGKILL, which runs no cleanup) ends too instead of waiting on the queue forever.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         return write({split: _generate_in(pool, workers, spec, subjects)
                       for split, subjects in SPLIT_SUBJECTS.items()})
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: end this worker when `parent_pid` ends. Linux sends it SIGKILL then
+    (prctl PR_SET_PDEATHSIG; tied to the parent thread that started the worker, which here is the
+    one that submits and shuts the pool down); elsewhere a thread polls the parent's PID."""
+    if sys.platform.startswith("linux"):
+        try:
+            if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) == 0:
+                if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1)
+    os._exit(1)
 
 
 def _generate_in(pool: ProcessPoolExecutor, workers: int, spec: SyntheticSpec,

@@ -7,6 +7,9 @@ hpe-ray is needed to run it:
              focal_px        (B, 2)     float32  fx, fy in pixels   } camera-mode models only:
              center_px       (B, 2)     float32  cx, cy in pixels   } absent from the ONNX
                                                                       graph of pixel-mode ones
+             keypoint_scores (B, 17)    float32  detector confidence per joint in [0, 1]; models
+                                                 trained with data.keypoint_scores only (0 for a
+                                                 missing joint, whose x, y must still be finite)
     output   pose_3d_cam_mm  (B, 17, 3) float32  root-relative camera frame, mm, pelvis at 0
 
 It is the deterministic mean decoding (latent mean, no sampling), with the checkpoint's
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpe_ray.data.batch import scored_pose_2d
 from hpe_ray.dependencies import import_extra
 from hpe_ray.normalization import NormStats, denormalize_3d, normalize_2d
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
@@ -33,7 +37,7 @@ from hpe_ray.training.checkpoint import load_checkpoint
 
 FORMATS = ("torchscript", "onnx")
 FILE_NAMES = {"torchscript": "lifter.pt", "onnx": "lifter.onnx"}
-INPUT_NAMES = ("keypoints_2d_px", "focal_px", "center_px")
+INPUT_NAMES = ("keypoints_2d_px", "focal_px", "center_px", "keypoint_scores")  # the last: scored models only
 OUTPUT_NAME = "pose_3d_cam_mm"
 ONNX_OPSET = 17
 # Max difference allowed between an exported model and PyTorch, in standard deviations of each
@@ -44,22 +48,28 @@ CHECK_TOLERANCE_STD = 1e-4
 
 class ExportableLifter(nn.Module):
     """Pixels in, millimetres out: normalise the 2D keypoints, encode, decode the latent mean,
-    denormalise. The same functions as `predict`, so exported and Python predictions agree."""
+    denormalise. The same functions as `predict`, so exported and Python predictions agree. A
+    model trained with data.keypoint_scores (`scored`) also takes keypoint_scores (B, 17)."""
 
     def __init__(self, vae: nn.Module, stats: NormStats):
         super().__init__()
         self.vae = vae.eval()
         self.stats = stats
+        self.scored = bool(getattr(vae, "keypoint_scores", False))
 
-    def forward(self, keypoints_2d_px: torch.Tensor, focal_px: torch.Tensor, center_px: torch.Tensor) -> torch.Tensor:
+    def forward(self, keypoints_2d_px: torch.Tensor, focal_px: torch.Tensor, center_px: torch.Tensor,
+                keypoint_scores: torch.Tensor | None = None) -> torch.Tensor:
         pose_2d = normalize_2d(keypoints_2d_px, focal_px, center_px, self.stats)
+        if self.scored and keypoint_scores is not None:
+            pose_2d = scored_pose_2d(pose_2d, keypoint_scores.clamp(0.0, 1.0))
         mu, _ = self.vae.encode("pose2d", pose_2d)
         return denormalize_3d(self.vae.decode("pose3d", mu), self.stats)
 
 
-def example_inputs(stats: NormStats, batch: int = 64, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def example_inputs(stats: NormStats, batch: int = 64, seed: int = 0, scores: bool = False) -> tuple[torch.Tensor, ...]:
     """Plausible inputs (keypoints_2d_px, focal_px, center_px) drawn from the training statistics
-    and seen by a 1000 px focal length camera centred at (500, 500) px."""
+    and seen by a 1000 px focal length camera centred at (500, 500) px; with scores, also
+    keypoint_scores (B, 17) uniform in [0, 1]."""
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(batch, NUM_JOINTS, 2, generator=generator)
     features[:, 1:] = features[:, 1:] * torch.as_tensor(stats.std_2d) + torch.as_tensor(stats.mean_2d)
@@ -67,6 +77,8 @@ def example_inputs(stats: NormStats, batch: int = 64, seed: int = 0) -> tuple[to
     focal_px = torch.full((batch, 2), 1000.0)
     center_px = torch.full((batch, 2), 500.0)
     keypoints_2d_px = features * focal_px[:, None] + center_px[:, None] if stats.mode_2d == "camera" else features
+    if scores:
+        return keypoints_2d_px, focal_px, center_px, torch.rand(batch, NUM_JOINTS, generator=generator)
     return keypoints_2d_px, focal_px, center_px
 
 
@@ -89,18 +101,23 @@ def export_lifter(checkpoint, out_dir: str | Path, formats: Sequence[str] = FORM
     module = ExportableLifter(loaded.model, loaded.stats).eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    inputs = example_inputs(loaded.stats)
+    inputs = example_inputs(loaded.stats, scores=module.scored)
     paths = []
     for fmt in dict.fromkeys(formats):
         path = out_dir / FILE_NAMES[fmt]
         (export_torchscript if fmt == "torchscript" else export_onnx)(module, inputs, path)
         paths.append(path)
-    differences = check_export(module, paths, example_inputs(loaded.stats, batch=257, seed=1), loaded.stats)
+    differences = check_export(module, paths, example_inputs(loaded.stats, batch=257, seed=1, scores=module.scored),
+                               loaded.stats)
+    described_inputs = {"keypoints_2d_px": "(B, 17, 2) float32, full-image pixels",
+                        "focal_px": "(B, 2) float32, fx fy pixels" + _unused_note(loaded.stats),
+                        "center_px": "(B, 2) float32, cx cy pixels" + _unused_note(loaded.stats)}
+    if module.scored:
+        described_inputs["keypoint_scores"] = ("(B, 17) float32, detector confidence per joint in [0, 1]; 0 for a "
+                                               "missing joint, whose x, y must still be finite (e.g. a neighbour's)")
     description = {
         "checkpoint": str(loaded.path), "epoch": loaded.epoch, "mode_2d": loaded.stats.mode_2d,
-        "inputs": {"keypoints_2d_px": "(B, 17, 2) float32, full-image pixels",
-                   "focal_px": "(B, 2) float32, fx fy pixels" + _unused_note(loaded.stats),
-                   "center_px": "(B, 2) float32, cx cy pixels" + _unused_note(loaded.stats)},
+        "inputs": described_inputs,
         "output": {OUTPUT_NAME: "(B, 17, 3) float32, root-relative camera frame (x right, y down, "
                                 "z forward), mm, joint 0 (pelvis) at zero"},
         "decoding": "deterministic: 3D decoder applied to the latent mean of the 2D encoder",
@@ -128,8 +145,8 @@ def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path)
     batch_axis = {0: "batch"}
     with torch.no_grad(), _quiet_torch_export():
         torch.onnx.export(module, inputs, str(path), dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                          dynamic_axes={name: batch_axis for name in (*INPUT_NAMES, OUTPUT_NAME)})
+                          input_names=list(INPUT_NAMES[:len(inputs)]), output_names=[OUTPUT_NAME],
+                          dynamic_axes={name: batch_axis for name in (*INPUT_NAMES[:len(inputs)], OUTPUT_NAME)})
 
 
 def run_exported(path: Path, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:

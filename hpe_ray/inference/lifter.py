@@ -17,10 +17,10 @@ import torch
 from tqdm import tqdm
 
 from hpe_ray.camera import most_common_camera
-from hpe_ray.data.batch import images_to_model_range
+from hpe_ray.data.batch import images_to_model_range, scored_pose_2d
 from hpe_ray.models import predict_pose_3d_mm
 from hpe_ray.normalization import NormStats, normalize_2d
-from hpe_ray.skeleton import NUM_JOINTS
+from hpe_ray.skeleton import JOINT_NEIGHBOURS, NUM_JOINTS
 from hpe_ray.training.checkpoint import LoadedCheckpoint, load_checkpoint
 
 
@@ -74,6 +74,11 @@ class Lifter:
         return self.checkpoint.cfg.data.image_size
 
     @property
+    def reads_scores(self) -> bool:
+        """Whether the model reads per-joint detector confidences (trained with data.keypoint_scores)."""
+        return self.checkpoint.cfg.data.keypoint_scores
+
+    @property
     def needs_camera(self) -> bool:
         """Only mode_2d "camera" models use intrinsics: "pixel" ones take raw pixels and "scaled"
         ones a root-relative pose divided by its own size, where focal length and principal
@@ -96,13 +101,16 @@ class Lifter:
                     "pass focal_px and center_px") from None
         return self._default_camera
 
-    def lift(self, keypoints_2d_px, focal_px=None, center_px=None, *, hypotheses: int = 1,
+    def lift(self, keypoints_2d_px, focal_px=None, center_px=None, *, scores=None, hypotheses: int = 1,
              batch_size: int = 1024, progress: bool = False, seed: int = 0) -> LiftResult:
         """Lift 2D keypoints to 3D.
 
         keypoints_2d_px: (N, 17, 2) full-image pixels, Human3.6M joint order, or a sequence of
         N (17, 2) arrays. focal_px, center_px: (2,) or (N, 2) pixels, or both None for the
-        default camera (a warning says so). hypotheses: K >= 1; K > 1 also returns K samples
+        default camera (a warning says so). scores: (N, 17) detector confidences, read only by
+        a model trained with data.keypoint_scores (`reads_scores`; None: every joint 1); such a
+        model also lifts samples with missing (NaN) joints, each put on its nearest present
+        neighbour in the skeleton with score 0. hypotheses: K >= 1; K > 1 also returns K samples
         of the 2D-conditioned posterior (seeded with `seed`). Samples with NaN or infinite
         values, a wrong shape or a non-positive focal length are reported and masked; the rest
         of the batch is lifted.
@@ -110,7 +118,7 @@ class Lifter:
         if "pose2d" not in self.encoders:
             raise ValueError(f"{self.checkpoint.path}: the model has no 2D pose encoder "
                              f"(encoders {sorted(self.encoders)}); use lift_images")
-        keypoints, valid, problems = _stack_keypoints(keypoints_2d_px)
+        keypoints, valid, problems, missing = _stack_keypoints(keypoints_2d_px, borrow_missing=self.reads_scores)
         focal, center = self._camera(focal_px, center_px, len(keypoints))
         bad_camera = valid & ~(np.all(np.isfinite(focal), 1) & np.all(np.isfinite(center), 1) & np.all(focal > 0, 1))
         problems.update({int(i): f"sample {i}: focal_px or center_px is not finite and positive"
@@ -118,6 +126,8 @@ class Lifter:
         valid &= ~bad_camera
         pose_2d = np.zeros((len(keypoints), NUM_JOINTS - 1, 2), np.float32)
         pose_2d[valid] = normalize_2d(keypoints[valid], focal[valid], center[valid], self.stats)
+        if self.reads_scores:
+            pose_2d = scored_pose_2d(pose_2d, _confidences(scores, len(keypoints), missing))
         return self._predict(pose_2d, "pose2d", valid, problems, hypotheses, batch_size, progress, seed)
 
     def lift_images(self, images, *, hypotheses: int = 1, batch_size: int = 64, progress: bool = False,
@@ -192,8 +202,10 @@ def resize_crop(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def _stack_keypoints(keypoints_2d_px) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    """(N, 17, 2) float64 with NaN rows for unusable samples, valid (N,), problems."""
+def _stack_keypoints(keypoints_2d_px, borrow_missing: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, dict[int, str], np.ndarray]:
+    """(N, 17, 2) float64 with NaN rows for unusable samples, valid (N,), problems, missing (N, 17)
+    bool: the joints that were not finite, which borrow_missing puts on a neighbour (`borrow_missing_joints`)."""
     if isinstance(keypoints_2d_px, np.ndarray) or torch.is_tensor(keypoints_2d_px):
         keypoints = np.asarray(keypoints_2d_px, np.float64)
         if keypoints.ndim != 3 or keypoints.shape[1:] != (NUM_JOINTS, 2):
@@ -201,10 +213,41 @@ def _stack_keypoints(keypoints_2d_px) -> tuple[np.ndarray, np.ndarray, dict[int,
         problems = {}
     else:  # a sequence of per-sample arrays: shapes may differ, so each is checked on its own
         keypoints, problems = _stack_rows(list(keypoints_2d_px))
+    missing = ~np.all(np.isfinite(keypoints), axis=2)
+    if borrow_missing:
+        keypoints = borrow_missing_joints(keypoints)
     finite = np.all(np.isfinite(keypoints), axis=(1, 2))
     for i in np.flatnonzero(~finite):
         problems.setdefault(int(i), f"sample {i}: keypoints contain NaN or infinite coordinates")
-    return np.where(finite[:, None, None], keypoints, np.nan), finite, problems
+    return np.where(finite[:, None, None], keypoints, np.nan), finite, problems, missing
+
+
+def borrow_missing_joints(keypoints_2d_px: np.ndarray) -> np.ndarray:
+    """(N, 17, 2) -> (N, 17, 2): each non-finite joint at its nearest finite joint along the
+    skeleton (ties: the neighbour first in JOINT_NEIGHBOURS), as the simulated detector of
+    data.keypoint_scores places half of its occluded joints; a sample without any finite joint
+    stays NaN."""
+    out = np.where(np.all(np.isfinite(keypoints_2d_px), axis=2)[..., None], keypoints_2d_px, np.nan)
+    for _ in range(NUM_JOINTS):  # each pass reaches one bone further
+        present = np.isfinite(out[..., 0])
+        if present.all():
+            break
+        before = out.copy()
+        for joint, neighbours in enumerate(JOINT_NEIGHBOURS):
+            for neighbour in reversed(neighbours):  # the first neighbour written last: it wins
+                rows = ~present[:, joint] & present[:, neighbour]
+                out[rows, joint] = before[rows, neighbour]
+    return out
+
+
+def _confidences(scores, count: int, missing: np.ndarray) -> np.ndarray:
+    """(N, 17) float32 model scores: given (NaN -> 0) or 1, clipped to [0, 1], 0 at missing joints."""
+    if scores is None:
+        scores = np.ones((count, NUM_JOINTS))
+    scores = np.asarray(scores, np.float64)
+    if scores.shape != (count, NUM_JOINTS):
+        raise ValueError(f"scores must be ({count}, {NUM_JOINTS}), got shape {scores.shape}")
+    return np.where(missing, 0.0, np.clip(np.nan_to_num(scores, nan=0.0), 0.0, 1.0)).astype(np.float32)
 
 
 def _stack_rows(rows: list) -> tuple[np.ndarray, dict[int, str]]:

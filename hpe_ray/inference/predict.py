@@ -10,7 +10,8 @@ file's, else derived from the image size (given, or in the file) and a field of 
 (`camera.DEFAULT_FOV_DEG` across the longer side), else the training data's most common camera.
 Scale-free models (the default) need none. Joints the detector scores below `min_score` (or
 leaves out) are filled from the same joint in the track's neighbouring frames when it has
-confident ones, and listed in `low_confidence`.
+confident ones, and listed in `low_confidence`; a model trained with `data.keypoint_scores` also
+reads the scores (filled joints keep their low score, missing joints score 0 and sit on a neighbour).
 
 Output .npz, all poses root-relative in the camera frame, mm, Human3.6M joint order:
     poses_3d (N, 17, 3), valid (N,), names (N,), tracks (N,), frames (N,),
@@ -115,8 +116,11 @@ def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Pa
                                  f"({np.mean(low_confidence.any(axis=1)):.0%} of samples); filled from "
                                  "neighbouring frames where the track had them")
         focal, center = _camera(keypoints, lifter, focal_px, center_px, image_size_px, fov_deg, summary)
-        result = lifter.lift(keypoints.keypoints_2d_px, focal, center, hypotheses=hypotheses, batch_size=batch_size,
-                             progress=len(keypoints.names) > PROGRESS_MIN_SAMPLES, seed=seed)
+        result = lifter.lift(keypoints.keypoints_2d_px, focal, center, scores=keypoints.scores, hypotheses=hypotheses,
+                             batch_size=batch_size, progress=len(keypoints.names) > PROGRESS_MIN_SAMPLES, seed=seed)
+        if lifter.reads_scores:
+            summary.notes.append("the model reads the detector's scores (filled joints keep their low score, "
+                                 "missing ones score 0)")
         # The reader named the file for the samples it rejected; the lifter's own problems
         # (e.g. a bad camera) get the file name here.
         summary.problems += [keypoints.problems[i] if i in keypoints.problems else f"{keypoints_path}: {problem}"

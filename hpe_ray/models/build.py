@@ -19,7 +19,7 @@ def build_model(cfg: Config, *, load_pretrained: bool = True) -> CrossModalVAE:
     return CrossModalVAE(
         latent_dim=m.latent_dim, encoders=encoders, decoders=decoders, image_size=cfg.data.image_size,
         hidden=m.hidden, blocks=m.blocks, batch_norm=m.batch_norm, dropout=m.dropout, residual=m.residual,
-        deterministic=m.deterministic, conditioned=m.conditioned,
+        deterministic=m.deterministic, conditioned=m.conditioned, keypoint_scores=cfg.data.keypoint_scores,
         image_pretrained=m.image_pretrained if load_pretrained else None)
 
 

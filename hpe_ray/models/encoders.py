@@ -91,20 +91,37 @@ class GaussianHeads(nn.Module):
 
 
 class PoseEncoder2D(nn.Module):
-    """Normalised root-less 2D pose (B, num_joints, 2) -> (mu, logvar), each (B, latent_dim)."""
+    """Normalised root-less 2D pose (B, num_joints, 2) -> (mu, logvar), each (B, latent_dim).
+
+    scores=True (data.keypoint_scores): the MLP also reads a detector confidence per joint, root
+    included: input (B, num_joints + 1, 3) rows (x, y, score), the root's x, y zero
+    (`hpe_ray.data.batch.scored_pose_2d`), of which the MLP takes num_joints * 2 + num_joints + 1
+    values; a (B, num_joints, 2) pose is taken as exact (every score 1).
+    """
 
     def __init__(self, latent_dim: int = 100, num_joints: int = 16, hidden: int = 512, blocks: int = 5, *,
                  batch_norm: bool = False, dropout: float = 0.0, residual: bool = False,
-                 variational: bool = True):
+                 variational: bool = True, scores: bool = False):
         super().__init__()
         self.num_joints = num_joints
-        self.trunk = MLP(num_joints * 2, hidden, blocks, batch_norm=batch_norm, dropout=dropout, residual=residual)
+        self.scores = scores
+        in_dim = num_joints * 2 + (num_joints + 1 if scores else 0)
+        self.trunk = MLP(in_dim, hidden, blocks, batch_norm=batch_norm, dropout=dropout, residual=residual)
         self.heads = GaussianHeads(hidden, latent_dim, variational)
 
     def forward(self, pose_2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if pose_2d.dim() != 3 or pose_2d.shape[1:] != (self.num_joints, 2):
-            raise ValueError(f"PoseEncoder2D expects (B, {self.num_joints}, 2), got {tuple(pose_2d.shape)}")
-        return self.heads(self.trunk(pose_2d.flatten(1)))
+        plain = pose_2d.dim() == 3 and pose_2d.shape[1:] == (self.num_joints, 2)
+        scored = self.scores and pose_2d.dim() == 3 and pose_2d.shape[1:] == (self.num_joints + 1, 3)
+        if not (plain or scored):
+            expected = f"(B, {self.num_joints}, 2)" + (f" or (B, {self.num_joints + 1}, 3)" if self.scores else "")
+            raise ValueError(f"PoseEncoder2D expects {expected}, got {tuple(pose_2d.shape)}")
+        if scored:
+            features = torch.cat([pose_2d[:, 1:, :2].flatten(1), pose_2d[:, :, 2]], 1)
+        elif self.scores:
+            features = torch.cat([pose_2d.flatten(1), pose_2d.new_ones(len(pose_2d), self.num_joints + 1)], 1)
+        else:
+            features = pose_2d.flatten(1)
+        return self.heads(self.trunk(features))
 
 
 def _resnet18_state_dict(pretrained_weights: str, allow_download: bool) -> dict[str, torch.Tensor]:

@@ -1,8 +1,9 @@
 """The cross-modal VAE (after Spurr et al., CVPR 2018): modality encoders into one latent space,
 modality decoders out of it, trained pair by pair (e.g. pose2d -> pose3d, rgb -> pose3d).
 
-Modalities: "pose2d" (B, 16, 2) and "pose3d" (B, 16, 3) normalised root-less poses, "rgb"
-(B, 3, S, S) crops in [-1, 1]. A lifting-only model has encoders {"pose2d"}, decoders {"pose3d"}.
+Modalities: "pose2d" (B, 16, 2) and "pose3d" (B, 16, 3) normalised root-less poses (a scored
+2D encoder also takes (B, 17, 3) with confidences), "rgb" (B, 3, S, S) crops in [-1, 1]. A
+lifting-only model has encoders {"pose2d"}, decoders {"pose3d"}.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from hpe_ray.config import DECODER_MODALITIES, ENCODER_MODALITIES
+from hpe_ray.data.batch import scored_pose_2d
 from hpe_ray.models.decoders import ImageDecoder, PoseDecoder2D, PoseDecoder3D
 from hpe_ray.models.encoders import ImageEncoder, PoseEncoder2D
 
@@ -38,21 +40,25 @@ class CrossModalVAE(nn.Module):
     no log-variance heads, z = mu, no KL term. `conditioned=True` gives the 3D decoder the
     latent mean beside z (a conditional decoder, after Sohn et al. 2015): it knows what the
     input said and can spend z - mu on what the input leaves open (depth, occluded limbs).
+    `keypoint_scores=True`: the 2D-pose encoder also reads per-joint detector confidences
+    (`PoseEncoder2D`), taken from the batch's "keypoint_scores" in `forward` (1 without them).
     """
 
     def __init__(self, latent_dim: int = 100, encoders: Iterable[str] = ("pose2d",),
                  decoders: Iterable[str] = ("pose3d",), image_size: int = 128, hidden: int = 512,
                  blocks: int = 5, batch_norm: bool = False, dropout: float = 0.0, residual: bool = False,
                  image_pretrained: str | None = None, deterministic: bool = False, num_joints: int = 16,
-                 allow_download: bool = False, conditioned: bool = False):
+                 allow_download: bool = False, conditioned: bool = False, keypoint_scores: bool = False):
         super().__init__()
         self.latent_dim = latent_dim
+        self.keypoint_scores = keypoint_scores
         self.deterministic = deterministic
         self.conditioned = conditioned
         mlp = dict(hidden=hidden, blocks=blocks, batch_norm=batch_norm, dropout=dropout, residual=residual)
         variational = not deterministic
         builders_in = {
-            "pose2d": lambda: PoseEncoder2D(latent_dim, num_joints, **mlp, variational=variational),
+            "pose2d": lambda: PoseEncoder2D(latent_dim, num_joints, **mlp, variational=variational,
+                                            scores=keypoint_scores),
             "rgb": lambda: ImageEncoder(latent_dim, image_pretrained, allow_download=allow_download,
                                         variational=variational),
         }
@@ -98,7 +104,10 @@ class CrossModalVAE(nn.Module):
         key = BATCH_KEY[src]
         if key not in batch_inputs:
             raise KeyError(f"batch has no {key!r}, needed by the {src!r} encoder (keys: {sorted(batch_inputs)})")
-        mu, logvar = self.encode(src, batch_inputs[key])
+        inputs = batch_inputs[key]
+        if src == "pose2d" and self.keypoint_scores and "keypoint_scores" in batch_inputs:
+            inputs = scored_pose_2d(inputs, batch_inputs["keypoint_scores"])
+        mu, logvar = self.encode(src, inputs)
         if hypotheses > 0 and logvar is not None:
             samples = self.reparameterize(mu.repeat_interleave(hypotheses, 0), logvar.repeat_interleave(hypotheses, 0))
             z = torch.cat([mu[:, None], samples.view(len(mu), hypotheses, -1)], 1).flatten(0, 1)

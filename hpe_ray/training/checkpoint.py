@@ -13,8 +13,12 @@ Ray Train copies such a directory into `<storage>/<run name>/checkpoint_<timesta
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,8 @@ from hpe_ray.normalization import NormStats
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 RANKING_METRIC = "val_mpjpe"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,11 +74,29 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, optimizer: torch
         "extra": dict(extra or {}),
     }
     path = directory / CHECKPOINT_FILE
-    torch.save(state, path)
+    # Serialised in memory first: torch.save on a full disk fails with an opaque RuntimeError
+    # and leaves a truncated file; a plain write reports errno and path, and the rename keeps a
+    # reader from ever seeing half a file.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getbuffer())
     cfg.to_yaml(directory / "config.yaml")
     (directory / "stats.json").write_text(json.dumps(stats.to_dict(), indent=1))
     (directory / METRICS_FILE).write_text(json.dumps({"epoch": int(epoch), **state["metrics"]}, indent=1))
     return path
+
+
+def write_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename; on failure
+    (e.g. no space left) the temporary file is removed and the OSError names `path`."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise OSError(err.errno, f"{err.strerror} while writing", str(path)) from None
 
 
 def load_checkpoint(path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
@@ -121,21 +145,57 @@ def resolve_checkpoint_file(path) -> Path:
     raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
 
 
+def run_checkpoints(run_dir: str | Path) -> list[tuple[dict, Path]]:
+    """(metrics, directory) of a run's complete checkpoints, oldest epoch first: directories that
+    hold checkpoint.pt and a readable metrics.json (save_checkpoint writes it last; a copy cut
+    short by a kill may lack it). Whether checkpoint.pt itself loads is checked on loading."""
+    found = []
+    for metrics_file in Path(run_dir).glob(f"*/{METRICS_FILE}"):
+        if not (metrics_file.parent / CHECKPOINT_FILE).is_file():
+            continue
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError):
+            continue
+        found.append((metrics, metrics_file.parent))
+    return sorted(found, key=lambda item: (int(item[0].get("epoch", -1)), item[1].name))
+
+
 def best_checkpoint_dir(run_dir: str | Path) -> Path:
     """The checkpoint directory of a run with the lowest val_mpjpe (ties: the latest epoch).
 
     Checkpoints without a finite val_mpjpe rank last.
     """
-    run_dir = Path(run_dir)
-    candidates = sorted(p.parent for p in run_dir.glob(f"*/{CHECKPOINT_FILE}"))
-    if not candidates:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint directories (*/{CHECKPOINT_FILE}) in this run")
+    done = run_checkpoints(run_dir)
+    if not done:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint directories (*/{CHECKPOINT_FILE} with "
+                                f"{METRICS_FILE}) in this run")
+    return min(done, key=lambda item: checkpoint_rank(item[0]))[1]
 
-    def rank(directory: Path) -> tuple[float, int]:
-        metrics_file = directory / METRICS_FILE
-        return checkpoint_rank(json.loads(metrics_file.read_text()) if metrics_file.is_file() else {})
 
-    return min(candidates, key=rank)
+def latest_checkpoint_state(run_dir: str | Path, map_location: str | torch.device = "cpu"
+                            ) -> tuple[dict[str, Any], Path] | None:
+    """(state, directory) of the newest checkpoint of a run that loads, for resuming; None when
+    there is none. A newer one that does not load (truncated, replaced) is skipped, and named."""
+    for _, directory in reversed(run_checkpoints(run_dir)):
+        try:
+            return read_checkpoint_state(directory, map_location), directory
+        except ValueError as err:
+            logger.warning("%s: skipped, resuming from an earlier checkpoint", err)
+    return None
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int, protected: frozenset[str] = frozenset()) -> None:
+    """Keep the `keep` best by val_mpjpe and the latest (what a resume needs); directories named
+    in `protected` (e.g. those Ray Train's checkpoint list still holds) are never removed."""
+    done = run_checkpoints(run_dir)
+    if not done:
+        return
+    ranked = sorted(done, key=lambda item: checkpoint_rank(item[0]))
+    kept = {directory for _, directory in ranked[:keep]} | {done[-1][1]}
+    for _, directory in done:
+        if directory not in kept and directory.name not in protected:
+            shutil.rmtree(directory)
 
 
 def checkpoint_rank(metrics: dict) -> tuple[float, int]:

@@ -3,7 +3,8 @@
 Two paths:
 - lifting (no image modality): all 2D/3D arrays live on the device; each epoch every rank takes
   its slice of one shared permutation (equal batches per rank), augmented on the device
-  (`hpe_ray.data.augment.augment_views`: virtual cameras, bodies, keypoint conventions, noise);
+  (`hpe_ray.data.augment.augment_views`: virtual cameras, bodies, keypoint conventions, noise;
+  `simulate_detector` for models that read detector scores);
 - images: WebDataset shards streamed by `hpe_ray.data.stream.make_loader`.
 """
 
@@ -17,11 +18,11 @@ import numpy as np
 import torch
 
 from hpe_ray.config import Config
-from hpe_ray.data.augment import augment_views
+from hpe_ray.data.augment import augment_views, simulate_detector
 from hpe_ray.data.batch import Batch, pose_batch
 from hpe_ray.data.sample import PoseArrays
-from hpe_ray.data.stream import (load_manifest, load_pose_arrays, load_stats, make_eval_loader, make_loader,
-                                 verify_shards)
+from hpe_ray.data.stream import (check_shard_sizes, load_manifest, load_pose_arrays, load_stats, make_eval_loader,
+                                 make_loader, verify_shards)
 from hpe_ray.normalization import NormStats
 
 EpochBatches = Callable[[int], Iterable[Batch]]
@@ -56,13 +57,16 @@ def verify_training_data(cfg: Config) -> None:
     """Check what a run reads before any worker starts, so that errors no retry can fix (a missing
     folder, a corrupt manifest or stats.json, a bad poses index or shard) fail here, named, instead
     of inside Ray after its retries. Streaming runs read every tar header of train and val once
-    (the workers' loaders then skip this full read); in-memory runs read the two poses indexes."""
+    (the workers' loaders then skip this full read); in-memory runs read the two poses indexes
+    (checked against the manifest's size and sha256) and stat the shards. Hashing every shard is
+    left to `hpe-ray data verify`."""
     load_manifest(cfg.data.dir)
     load_stats(cfg.data.dir, cfg.data.mode_2d)
     if streams_shards(cfg):
-        verify_shards(cfg.data.dir, ["train", "val"], on_error=cfg.data.on_error)
+        verify_shards(cfg.data.dir, ["train", "val"], on_error=cfg.data.on_error, checksums=False)
     else:
         for split in ("train", "val"):
+            check_shard_sizes(cfg.data.dir, split, on_error=cfg.data.on_error)
             load_pose_arrays(cfg.data.dir, split)
 
 
@@ -90,8 +94,12 @@ def _in_memory_train(cfg: Config, arrays: PoseArrays, stats: NormStats, rank: in
     def batches(epoch: int) -> Iterator[Batch]:
         mine = rank_slice(n, rank, world_size, cfg.train.seed, epoch).to(device)[:steps * batch_size]
         generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch * 1009 + rank)
-        views = augment_views(keypoints_2d_px[mine], pose_3d_cam_mm[mine], intrinsics[mine], cfg.data, generator)
-        epoch_data = pose_batch(*views, stats)
+        keypoints, *views = augment_views(keypoints_2d_px[mine], pose_3d_cam_mm[mine], intrinsics[mine], cfg.data,
+                                          generator)
+        scores = None
+        if cfg.data.keypoint_scores:  # a detector's view of the exact 2D: some joints occluded, low scores
+            keypoints, scores = simulate_detector(keypoints, cfg.data.augment, generator)
+        epoch_data = pose_batch(keypoints, *views, stats, scores)
         for step in range(steps):
             yield {k: v[step * batch_size:(step + 1) * batch_size] for k, v in epoch_data.items()}
 

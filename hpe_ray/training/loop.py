@@ -9,10 +9,8 @@ process group exists, so the same code gives the same numbers on one rank or man
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,11 +28,15 @@ from hpe_ray.metrics import POSE_ERRORS, pose_errors
 from hpe_ray.models import (BATCH_KEY, DEFAULT_RECON_KIND, best_of_k_loss, build_model, make_beta_schedule,
                             pair_loss, predict_pose_3d_mm, reprojection_loss)
 from hpe_ray.normalization import NormStats, denormalize_3d
-from hpe_ray.training.checkpoint import METRICS_FILE, checkpoint_rank, read_checkpoint_state, save_checkpoint
+from hpe_ray.training.checkpoint import latest_checkpoint_state, prune_checkpoints, save_checkpoint
 from hpe_ray.training.data import streams_shards, to_device, train_batches, val_batches
 from hpe_ray.training.tensorboard import EpochWriter
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteError(ValueError):
+    """A NaN or infinite loss (under train.nonfinite_loss: stop) or prediction: the model diverged."""
 
 EPOCH_DIR = "checkpoint_epoch_{epoch:04d}"
 
@@ -67,6 +69,8 @@ def batch_errors(model: torch.nn.Module, batch: Batch, modality: str, stats: Nor
     (`names` only): Protocol 1 ("mpjpe") and 2 ("pa_mpjpe") errors of the mean decoding, both as
     best of K hypotheses, and how the K hypotheses scatter."""
     mean_mm, samples_mm = predict_pose_3d_mm(model, batch[BATCH_KEY[modality]], modality, stats, hypotheses)
+    if not torch.isfinite(mean_mm).all():
+        raise NonFiniteError("the model predicts non-finite poses: its weights have diverged (lower train.lr)")
     return pose_errors(mean_mm, samples_mm, batch["pose_3d_cam_mm"].float(), names)
 
 
@@ -88,20 +92,23 @@ def _broadcast_buffers(model: torch.nn.Module) -> None:
 @torch.no_grad()
 def validate(model: torch.nn.Module, batches: Iterable[dict], modality: str, stats: NormStats,
              hypotheses: int, device: torch.device) -> dict[str, float]:
-    """Validation errors over all ranks (sums and counts all-reduced), mm."""
+    """Validation errors over all ranks (sums and counts all-reduced), mm, and
+    "val_skipped_samples": bad samples streaming passed over (on_error: skip)."""
     model.eval()
     _broadcast_buffers(model)
     names = VALIDATION_ERRORS
-    sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=device)
+    sums = torch.zeros(len(names) + 2, dtype=torch.float64, device=device)
     for batch in batches:
         errors = batch_errors(model, to_device(batch, device), modality, stats, hypotheses, names)
-        sums[:-1] += torch.stack([errors[k].sum().double() for k in names])
-        sums[-1] += len(errors["mpjpe"])
+        sums[:-2] += torch.stack([errors[k].sum().double() for k in names])
+        sums[-2] += len(errors["mpjpe"])
+        sums[-1] += batch.get("skipped_samples", 0)
     _all_reduce_sum(sums)
-    count = sums[-1].item()
+    count = sums[-2].item()
     if count == 0:
         raise ValueError("validation saw no samples")
-    return {f"val_{k}": (sums[i] / count).item() for i, k in enumerate(names)}
+    return {**{f"val_{k}": (sums[i] / count).item() for i, k in enumerate(names)},
+            "val_skipped_samples": int(sums[-1].item())}
 
 
 def pair_losses(model: torch.nn.Module, batch: Batch, src: str, dst: str, beta: float, cfg: Config,
@@ -129,21 +136,38 @@ def pair_losses(model: torch.nn.Module, batch: Batch, src: str, dst: str, beta: 
 def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[dict],
                 cfg: Config, stats: NormStats, beta_at: Callable[[int], float], global_step: int,
                 device: torch.device) -> tuple[dict[str, float], int]:
-    """One epoch of optimiser steps: (train metrics summed over ranks, new global step)."""
+    """One epoch of optimiser steps: (train metrics summed over ranks, new global step).
+    "skipped_samples": bad samples the streaming loader passed over (on_error: skip)."""
     model.train()
     pairs = cfg.loss.pair_list()
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.amp and device.type == "cuda")
-    # Per pair its loss sum and step count, then the KL sum, the step count, the sample count.
-    sums = torch.zeros(2 * len(pairs) + 3, dtype=torch.float64, device=device)
+    # Per pair its loss sum and step count, then the skipped samples, the KL sum, the step count, the sample count.
+    sums = torch.zeros(2 * len(pairs) + 4, dtype=torch.float64, device=device)
     lr, beta = optimizer.param_groups[0]["lr"], beta_at(global_step)
     started = time.perf_counter()
-    for batch in batches:
+    nonfinite_steps = 0
+    for batch_index, batch in enumerate(batches):
         batch = to_device(batch, device)
+        sums[-4] += batch.get("skipped_samples", 0)  # also when its step is skipped below
         active = range(len(pairs)) if cfg.loss.schedule == "sum" else [global_step % len(pairs)]
         beta = beta_at(global_step)
+        # A skipped step must not leave its batch in the batch-norm statistics either.
+        buffers = [b.detach().clone() for b in model.buffers()] if cfg.train.nonfinite_loss == "skip" else None
         with torch.autocast(**autocast):
             losses = {i: pair_losses(model, batch, pairs[i][0], pairs[i][1], beta, cfg, stats) for i in active}
             total = sum(pairs[i][2] * losses[i]["total"] for i in active)
+        # Every rank takes the same branch: DDP's backward is collective.
+        if _all_reduce_sum((~torch.isfinite(total.detach())).double().reshape(1)).item() > 0:
+            if cfg.train.nonfinite_loss == "stop":
+                values = ", ".join(f"{pairs[i][0]}_to_{pairs[i][1]}={losses[i]['total'].item():.4g}" for i in active)
+                raise NonFiniteError(f"batch {batch_index + 1}: the loss is not finite ({values}); "
+                                         "lower train.lr, or set train.nonfinite_loss: skip")
+            with torch.no_grad():
+                for buffer, saved in zip(model.buffers(), buffers):
+                    buffer.copy_(saved)
+            nonfinite_steps += 1
+            global_step += 1
+            continue
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         if cfg.train.grad_clip > 0:
@@ -162,7 +186,9 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batche
     for i, (src, dst, _) in enumerate(pairs):
         # NaN for a pair that got no step (alternating with fewer steps than pairs).
         metrics[f"loss_{src}_to_{dst}"] = sums[2 * i] / sums[2 * i + 1] if sums[2 * i + 1] else math.nan
-    metrics.update(kl=sums[-3] / sums[-2], beta=float(beta), lr=lr, train_samples_per_s=sums[-1] / train_seconds)
+    metrics.update(kl=sums[-3] / sums[-2] if sums[-2] else math.nan, beta=float(beta), lr=lr,
+                   train_samples_per_s=sums[-1] / train_seconds, skipped_samples=int(sums[-4]),
+                   nonfinite_steps=nonfinite_steps)
     return metrics, global_step
 
 
@@ -211,15 +237,19 @@ class Trainer:
         return self.epoch >= self.cfg.train.epochs
 
     def run_epoch(self) -> dict[str, float]:
-        """Train one epoch and validate: the metrics every rank reports ("epoch" is 1-based)."""
-        cfg = self.cfg
-        train_metrics, self.global_step = train_epoch(self.model, self.optimizer, self._train_batches(self.epoch),
-                                                      cfg, self.stats, self.beta_at, self.global_step, self.device)
-        self.scheduler.step()
-        self.epoch += 1
-        metrics = {"epoch": self.epoch, **train_metrics,
-                   **validate(self.model, self.val_batches(), self.modality, self.stats,
-                              cfg.train.eval_hypotheses, self.device)}
+        """Train one epoch and validate: the metrics every rank reports ("epoch" is 1-based).
+        A diverged model stops here, with the epoch named (NonFiniteError)."""
+        cfg, epoch = self.cfg, self.epoch + 1
+        try:
+            train_metrics, self.global_step = train_epoch(self.model, self.optimizer, self._train_batches(self.epoch),
+                                                          cfg, self.stats, self.beta_at, self.global_step, self.device)
+            self.scheduler.step()
+            validation = validate(self.model, self.val_batches(), self.modality, self.stats,
+                                  cfg.train.eval_hypotheses, self.device)
+        except NonFiniteError as err:
+            raise NonFiniteError(f"epoch {epoch}, {err}") from None
+        self.epoch = epoch
+        metrics = {"epoch": epoch, **train_metrics, **validation}
         self.best_mpjpe = min(self.best_mpjpe, metrics["val_mpjpe"])
         metrics["val_mpjpe_best"] = self.best_mpjpe
         return metrics
@@ -233,10 +263,13 @@ class Trainer:
 
 
 def log_epoch(metrics: dict[str, float], epochs: int) -> None:
-    """The one progress line per epoch."""
+    """The one progress line per epoch, ending with the samples skipped as bad when there were any."""
     losses = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("loss_") or k == "kl")
-    logger.info("epoch %d/%d %s val_mpjpe=%.1fmm val_pa_mpjpe=%.1fmm %.0f samples/s", metrics["epoch"], epochs,
-                losses, metrics["val_mpjpe"], metrics["val_pa_mpjpe"], metrics["train_samples_per_s"])
+    train_skipped, val_skipped = metrics.get("skipped_samples", 0), metrics.get("val_skipped_samples", 0)
+    skipped = (f"; skipped {train_skipped + val_skipped} bad samples (train {train_skipped}, val {val_skipped})"
+               if train_skipped or val_skipped else "")
+    logger.info("epoch %d/%d %s val_mpjpe=%.1fmm val_pa_mpjpe=%.1fmm %.0f samples/s%s", metrics["epoch"], epochs,
+                losses, metrics["val_mpjpe"], metrics["val_pa_mpjpe"], metrics["train_samples_per_s"], skipped)
 
 
 def fit(cfg: Config, run_dir: str | Path, *, device: torch.device | str = "cpu",
@@ -249,9 +282,10 @@ def fit(cfg: Config, run_dir: str | Path, *, device: torch.device | str = "cpu",
     checkpoint_dir) is called after each epoch's checkpoint is written (e.g. to report to Ray Tune).
     """
     run_dir = Path(run_dir)
-    latest = _latest_checkpoint(run_dir)
-    state = read_checkpoint_state(latest, map_location=device) if latest else None
-    trainer = Trainer(cfg, device=device, state=state)
+    latest = latest_checkpoint_state(run_dir, map_location=device)
+    if latest is not None:
+        logger.info("resuming from %s (epoch %d)", latest[1], latest[0]["epoch"])
+    trainer = Trainer(cfg, device=device, state=latest[0] if latest else None)
     history = []
     with EpochWriter(run_dir, trainer) as writer:
         while not trainer.done:
@@ -260,29 +294,8 @@ def fit(cfg: Config, run_dir: str | Path, *, device: torch.device | str = "cpu",
             writer.write(metrics)
             checkpoint_dir = run_dir / EPOCH_DIR.format(epoch=trainer.epoch)
             trainer.save(checkpoint_dir, metrics)
-            _prune_checkpoints(run_dir, cfg.run.checkpoints_to_keep)
+            prune_checkpoints(run_dir, cfg.run.checkpoints_to_keep)
             history.append(metrics)
             if on_epoch is not None:
                 on_epoch(metrics, checkpoint_dir)
     return history
-
-
-def _epoch_dirs(run_dir: Path) -> list[tuple[dict, Path]]:
-    """(metrics, directory) of the complete checkpoints of a run (metrics.json is written last)."""
-    return [(json.loads(p.read_text()), p.parent) for p in sorted(run_dir.glob(f"checkpoint_epoch_*/{METRICS_FILE}"))]
-
-
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    done = _epoch_dirs(run_dir)
-    return max(done, key=lambda item: item[0]["epoch"])[1] if done else None
-
-
-def _prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Keep the `keep` best by val_mpjpe and the latest (what a resume needs)."""
-    done = _epoch_dirs(run_dir)
-    latest = max(done, key=lambda item: item[0]["epoch"])[1]
-    ranked = sorted(done, key=lambda item: checkpoint_rank(item[0]))
-    kept = {directory for _, directory in ranked[:keep]} | {latest}
-    for _, directory in done:
-        if directory not in kept:
-            shutil.rmtree(directory)
