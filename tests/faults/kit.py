@@ -17,10 +17,10 @@ def write_yaml(path: Path, tree: dict) -> Path:
     return path
 
 
-def train_config(tmp_path: Path, data: Path, epochs: int = 4, **sections) -> Path:
+def train_config(tmp_path: Path, data_dir: Path, epochs: int = 4, **sections) -> Path:
     """A one-worker lifting run whose epochs take a second or two on this machine, so a signal
     lands between checkpoints."""
-    tree = {"data": {"dir": str(data)},
+    tree = {"data": {"dir": str(data_dir)},
             "train": {"epochs": epochs, "steps_per_epoch": 100, "batch_size": 256, "val_max_samples": 512,
                       "eval_hypotheses": 2, "tensorboard_images_every": 0},
             "model": {"hidden": 128, "blocks": 2},
