@@ -442,10 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         print("hpe-ray: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        from hpe_ray.distributed import RunInterrupted  # loads Ray; only reached when something failed
+        from hpe_ray.distributed import RunStopped  # loads Ray; only reached when something failed
 
-        if not isinstance(err, RunInterrupted):
+        if not isinstance(err, RunStopped):
             raise
+        if level <= logging.DEBUG:
+            traceback.print_exc()
         print(f"hpe-ray: {err}", file=sys.stderr)
-        return 128 + err.signal_number
+        return err.exit_code
     return code or 0

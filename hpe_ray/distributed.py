@@ -106,13 +106,14 @@ def make_trainer(cfg: Config, *, run_name: str, storage_path: str | Path,
     )
 
 
-class RunInterrupted(Exception):
-    """A training run stopped by SIGINT or SIGTERM before its last epoch; the message says where
-    it stopped and how to continue. signal_number: the signal, for the exit code (128 + it)."""
+class RunStopped(Exception):
+    """A training run that ended before its last epoch: by SIGINT or SIGTERM (exit_code 128 + the
+    signal), or failed once Ray Train's retries ran out (exit_code 1). The message says where it
+    stopped and how to continue."""
 
-    def __init__(self, message: str, signal_number: int):
+    def __init__(self, message: str, exit_code: int):
         super().__init__(message)
-        self.signal_number = signal_number
+        self.exit_code = exit_code
 
 
 @contextmanager
@@ -162,20 +163,32 @@ def run_training(cfg: Config, *, resume: bool = True) -> ray.train.Result:
     result = None
     if not ray.is_initialized():
         # Before our handlers: Ray's native failure handler, installed by init, aborts the process on SIGTERM.
-        ray.init()
+        # Train's placement-group cleaner (a worker process) finds the cluster by RAY_ADDRESS; workers
+        # get the raylet's environment, not ours, so pass it on (as search.tune._connect does).
+        address = os.environ.get("RAY_ADDRESS")
+        known = bool(address) and address != "auto" and "://" not in address
+        ray.init(runtime_env={"env_vars": {"RAY_ADDRESS": address}} if known else None)
+    failure = None
     with _interrupts_recorded() as received:
         try:
             result = trainer.fit()
         except (KeyboardInterrupt, SystemExit):  # Ray's SIGINT handler ends an aborted fit() in SystemExit
             if not received:
                 received.append(signal.SIGINT)
+        except ray.train.TrainingFailedError as err:  # FailureConfig's retries are spent
+            failure = err
     done = run_checkpoints(storage / run_name)
     epoch = int(done[-1][0].get("epoch", 0)) if done else 0
-    if received or result is None or epoch < cfg.train.epochs:
+    if failure is not None or received or result is None or epoch < cfg.train.epochs:
         where = f"after epoch {epoch} of {cfg.train.epochs} (last checkpoint {done[-1][1]})" if done else \
             f"before its first checkpoint (0 of {cfg.train.epochs} epochs)"
-        raise RunInterrupted(f"run {storage / run_name} interrupted {where}; run the same command to "
-                             "continue from it", received[0] if received else signal.SIGINT)
+        if failure is not None:
+            cause = next((line.strip() for line in str(failure).splitlines() if line.strip()), "")
+            raise RunStopped(f"run {storage / run_name} failed {where} once run.max_failures "
+                             f"({cfg.run.max_failures}) retries were spent: ray.train.{type(failure).__name__}: "
+                             f"{cause}; run the same command to continue from it", 1) from failure
+        raise RunStopped(f"run {storage / run_name} interrupted {where}; run the same command to "
+                         "continue from it", 128 + (received[0] if received else signal.SIGINT))
     # An interrupted attempt may have left checkpoints Ray's list never took in (so never pruned).
     prune_checkpoints(storage / run_name, cfg.run.checkpoints_to_keep, protected=_ray_checkpoint_names(storage / run_name))
     return result

@@ -17,13 +17,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from faults.kit import PYTHON, complete_epochs, start_hpe, train_config, wait_for, write_yaml
+from faults.kit import PYTHON, complete_epochs, train_config, write_yaml
 
 pytestmark = pytest.mark.slow
+RUN = "fault"
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(PYTHON).parent / "ray")
-NODE_PORTS = ("node_manager", "object_manager", "agent_grpc", "agent_listen", "metrics", "runtime_env",
-              "min_worker", "max_worker")
 
 
 def job_ports(job_id: int) -> dict[str, int]:
@@ -92,10 +91,12 @@ class TwoNodes:
                      f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
                      f"--dashboard-agent-listen-port={ports['agent_listen']}",
                      f"--metrics-export-port={ports['metrics']}"]
-        log = open(self.log_dir / f"{name}.log", "ab")
-        # its own session: the node's processes are the tree under it
-        process = subprocess.Popen([RAY, "start", *args, *node_args], env=self.env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        # No 30 s drain when the test stops the node (Ray 2.60's default on SIGTERM); its own
+        # session, so that the node's processes are the tree under it.
+        env = {**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            process = subprocess.Popen([RAY, "start", *args, *node_args], env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes.append(process)
         return process
 
@@ -121,18 +122,25 @@ class TwoNodes:
     def wait_active(self, count: int, timeout: float = 120) -> float:
         started = time.monotonic()
         while (active := self.active()) != count:
-            dead = [p.args[2] for p in self.nodes if p.poll() is not None and p is not self._killed]
-            assert not dead, f"a Ray node exited while starting; see {self.log_dir}"
+            dead = [p for p in self.nodes if p.poll() is not None and p is not self._killed]
+            assert not dead, f"a Ray node exited while starting; see the *.log files in {self.log_dir}"
             assert time.monotonic() - started < timeout, f"{active} of {count} Ray nodes after {timeout} s"
             time.sleep(1)
         return time.monotonic() - started
 
     _killed: subprocess.Popen | None = None
 
-    def kill_second(self) -> int:
-        """SIGKILL to every process of the second node at once; returns how many there were."""
+    def kill_second(self) -> list[str]:
+        """SIGKILL to every process of the second node at once (as when its machine goes down);
+        returns their command lines."""
         assert self.second is not None and self.second.poll() is None
         pids = _descendants(self.second.pid)
+        names = []
+        for pid in pids:
+            try:
+                names.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                pass
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -140,11 +148,15 @@ class TwoNodes:
                 pass
         self.second.wait(timeout=30)
         self._killed, self.second = self.second, None
-        return len(pids)
+        return names
+
+    def processes_of_second(self) -> list[int]:
+        return _descendants(self.second.pid) if self.second is not None else []
 
     def stop(self) -> None:
         """SIGTERM to each `ray start --block` (it stops its own processes), then SIGKILL to anything
-        of them left; the temp dirs go too."""
+        of theirs left; the temp dirs go too."""
+        trees = [_descendants(p.pid) for p in self.nodes if p.poll() is None]
         for process in self.nodes:
             if process.poll() is None:
                 process.terminate()
@@ -153,5 +165,227 @@ class TwoNodes:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
+        for pid in (pid for tree in trees for pid in tree[1:]):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for temp_dir in self.temp_dirs:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """A head and a second node, both alive (about 20 s to start)."""
+    cluster = TwoNodes(tmp_path)
+    try:
+        cluster.start_head()
+        cluster.start_second()
+        cluster.wait_active(2)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _start(args: list[str], cluster: TwoNodes, cwd: Path, log_name: str = "", **env: str
+           ) -> tuple[subprocess.Popen, Path]:
+    """`hpe-ray ARGS` with its output in a file (a pipe nobody reads would stall Ray's log stream)."""
+    log = cwd / f"{log_name or args[0]}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([PYTHON, "-m", "hpe_ray", *args], cwd=cwd, env={**cluster.env, **env},
+                                   stdout=out, stderr=subprocess.STDOUT)
+    return process, log
+
+
+def _wait(predicate, process: subprocess.Popen, log: Path, what: str, timeout: float = 240) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (rc {process.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+        assert time.monotonic() - started < timeout, f"timed out waiting for {what}:\n{log.read_text()[-4000:]}"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def _finish(process: subprocess.Popen, log: Path, timeout: float = 300) -> str:
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        process.kill()
+    return log.read_text()
+
+
+def _newest(run_dir: Path) -> int:
+    return max(complete_epochs(run_dir), default=0)
+
+
+def test_a_lost_node_pauses_train_until_a_replacement_joins_then_it_resumes(tmp_path, fault_data, fault, two_nodes):
+    row = fault("a node lost during `train` (2 workers, one per node)",
+                "SIGKILL to every process of the second node (ray start, raylet, agents, its Train worker) once 2 "
+                "of 6 epochs are checkpointed; a replacement node joins once Ray has marked the node dead",
+                "Train counts a worker-group failure (run.max_failures) and waits for 2 CPUs; once the "
+                "replacement joins it resumes from the newest checkpoint and ends at epoch 6, exit 0")
+    config = train_config(tmp_path, fault_data, epochs=6, scaling={"workers": 2, "cpus_per_worker": 1})
+    run_dir = tmp_path / "runs" / RUN
+    run, log = _start(["train", "--config", str(config)], two_nodes, tmp_path, RAY_ADDRESS=two_nodes.address)
+    try:
+        _wait(lambda: len(complete_epochs(run_dir)) >= 2, run, log, "two checkpoints")
+        killed = two_nodes.kill_second()
+        lost = time.monotonic()
+        # each node has 1 CPU and each worker takes 1: one of the two workers was on the lost node
+        assert any("RayTrainWorker" in name for name in killed), killed
+        dead_after = two_nodes.wait_active(1)
+        newest = _newest(run_dir)  # settled: nothing trains while a worker is missing
+        two_nodes.start_second("replacement")
+        two_nodes.wait_active(2)
+        _wait(lambda: _newest(run_dir) > newest, run, log, "an epoch after the resume")
+        recovered = time.monotonic() - lost
+        output = _finish(run, log)
+    finally:
+        run.kill()
+    assert run.returncode == 0, output[-4000:]
+    assert "[FailurePolicy] RETRY" in output, output[-4000:]
+    resumed = re.search(rf"resuming from {re.escape(str(run_dir))}/\S+ \(epoch {newest}\)", output)
+    assert resumed, output[-4000:]
+    # after the resume: exactly the missing epochs
+    assert sorted(set(map(int, re.findall(r"epoch (\d)/6 ", output[resumed.end():])))) == list(range(newest + 1, 7))
+    assert _newest(run_dir) == 6
+    # Train's placement-group cleaner found the cluster (it needs RAY_ADDRESS in the workers' env)
+    assert "Exception in thread PlacementGroupCleanerMonitor" not in output
+    row.recovered(f"survived: Ray marked the node dead after {dead_after:.0f} s; resumed at epoch {newest} "
+                  "with the replacement, 6 epochs in all", recovered)
+
+
+def test_a_lost_node_without_replacement_ends_train_after_the_start_timeouts(tmp_path, fault_data, fault, two_nodes):
+    row = fault("a node lost during `train`, no replacement",
+                "as above, no node joins; RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=10 (hpe-ray's default 300)",
+                "Train waits for 2 CPUs (run.max_failures + 1) times the start timeout, then `train` exits 1 "
+                "with one line naming the run, its last epoch and Ray's cause; the checkpoints stay complete and, with room again, the same command resumes")
+    from hpe_ray.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, run_checkpoints
+
+    config = train_config(tmp_path, fault_data, epochs=6, scaling={"workers": 2, "cpus_per_worker": 1})
+    run_dir = tmp_path / "runs" / RUN
+    run, log = _start(["train", "--config", str(config)], two_nodes, tmp_path, RAY_ADDRESS=two_nodes.address,
+                      RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="10")
+    try:
+        _wait(lambda: len(complete_epochs(run_dir)) >= 2, run, log, "two checkpoints")
+        two_nodes.kill_second()
+        lost = time.monotonic()
+        output = _finish(run, log, timeout=180)
+        gave_up = time.monotonic() - lost
+    finally:
+        run.kill()
+    # one worker-group failure, then (run.max_failures + 1) start timeouts, then one line of ours
+    assert run.returncode == 1, output[-4000:]
+    assert output.count("[FailurePolicy] RETRY") == 3 and "[FailurePolicy] RAISE" in output, output[-4000:]
+    assert "worker group startup timed out after 10.0 seconds waiting for 2 workers" in output
+    newest = _newest(run_dir)
+    assert re.search(rf"hpe-ray: run {re.escape(str(run_dir))} failed after epoch {newest} of 6 \(last checkpoint "
+                     r"\S+\) once run.max_failures \(2\) retries were spent: ray.train.ControllerError: .*; run the "
+                     "same command to continue from it", output), output[-4000:]
+    assert 2 <= newest < 6
+    load_checkpoint(run_checkpoints(run_dir)[-1][1] / CHECKPOINT_FILE)
+    two_nodes.start_second("replacement")
+    two_nodes.wait_active(2)
+    started = time.monotonic()
+    again, log = _start(["train", "--config", str(config)], two_nodes, tmp_path, "again",
+                        RAY_ADDRESS=two_nodes.address)
+    output = _finish(again, log)
+    assert again.returncode == 0, output[-4000:]
+    assert re.search(rf"resuming from {re.escape(str(run_dir))}/\S+ \(epoch {newest}\)", output), output[-4000:]
+    assert _newest(run_dir) == 6
+    row.recovered(f"failed after {gave_up:.0f} s (exit {run.returncode}); the same command resumed at epoch "
+                  f"{newest}", time.monotonic() - started)
+
+
+SEARCH_EPOCHS = 6
+
+
+def _space(tmp_path: Path, trials: int) -> Path:
+    """Trials of one worker each, two at a time: one trial per node (each takes the node's CPU)."""
+    from test_tune import TINY_SPACE
+
+    base = {**TINY_SPACE["base"], "train": {**TINY_SPACE["base"]["train"], "epochs": SEARCH_EPOCHS,
+                                            "steps_per_epoch": 300, "batch_size": 64}}
+    assert base["scaling"]["cpus_per_worker"] + TINY_SPACE["search_settings"]["trial_cpus"] == 1
+    return write_yaml(tmp_path / "space.yaml", {**TINY_SPACE, "base": base, "search_settings": {
+        **TINY_SPACE["search_settings"], "num_samples": trials, "max_concurrent": 2, "scheduler": "none"}})
+
+
+def test_a_lost_node_during_a_search_restarts_only_its_trial_from_its_checkpoint(tmp_path, fault_data, fault,
+                                                                                   two_nodes):
+    row = fault("a node lost during `tune` (one trial per node)",
+                "SIGKILL to every process of the second node once its trial has a checkpoint and another "
+                "trial has finished; no replacement",
+                "the search goes on with the head alone: the lost trial is restarted (Tune's max_failures) and "
+                "resumes from its newest checkpoint; every trial ends complete, finished ones untouched, the "
+                "Optuna study holds each once")
+    import optuna
+
+    trials = 4
+    experiment = tmp_path / "runs" / "two"
+    runs = experiment / "train_runs"
+    search, log = _start(["tune", "--space", str(_space(tmp_path, trials)), "--data", str(fault_data),
+                          "--storage", str(tmp_path / "runs"), "--name", "two", "--address", two_nodes.address],
+                         two_nodes, tmp_path)
+
+    def trial_on_second() -> str | None:
+        """The id of the trial running on the second node (Tune runs a trial in its own folder)."""
+        for pid in two_nodes.processes_of_second():
+            try:
+                folder = Path(os.readlink(f"/proc/{pid}/cwd")).name
+            except OSError:
+                continue
+            if folder.startswith("trial_"):
+                return folder.removeprefix("trial_")
+        return None
+
+    target: dict[str, str] = {}
+
+    def ready() -> bool:
+        finished = [r for r in runs.glob("train-*") if _newest(r) == SEARCH_EPOCHS] if runs.is_dir() else []
+        trial = trial_on_second()
+        if finished and trial and 1 <= _newest(runs / f"train-{trial}") < SEARCH_EPOCHS:
+            target["trial"] = trial
+            return True
+        return False
+
+    try:
+        _wait(ready, search, log, "a trial on the second node with a checkpoint, and a finished trial")
+        finished = {r.name: {p: p.read_bytes() for p in sorted(r.rglob("*")) if p.is_file()}
+                    for r in runs.glob("train-*") if _newest(r) == SEARCH_EPOCHS}
+        killed = two_nodes.kill_second()
+        lost = time.monotonic()
+        assert any("ImplicitFunc" in name for name in killed), killed
+        lost_run = runs / f"train-{target['trial']}"
+        newest = _newest(lost_run)
+        assert 1 <= newest < SEARCH_EPOCHS  # it did not finish between the look and the kill
+        _wait(lambda: _newest(lost_run) > newest, search, log, "the lost trial's next epoch", timeout=240)
+        recovered = time.monotonic() - lost
+        output = _finish(search, log)
+    finally:
+        search.kill()
+    assert search.returncode == 0, output[-4000:]
+    board = pd.read_csv(experiment / "leaderboard.csv", dtype={"trial_id": str})
+    assert len(board) == trials and board["trial_id"].is_unique and board["val_mpjpe"].notna().all()
+    assert (board["status"] == "complete").all(), board
+    # The lost trial's reports: no epoch twice; a second process (Tune restarted the trial, its
+    # training_iteration from 1 again) reported from the epoch after its newest checkpoint on.
+    reports = [json.loads(line) for line in (experiment / f"trial_{target['trial']}" / "result.json").open()]
+    epochs = [r["epoch"] for r in reports]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == SEARCH_EPOCHS, epochs
+    restarted = [r for r in reports if r["pid"] != reports[0]["pid"]]
+    assert restarted and restarted[0]["epoch"] == newest + 1 and restarted[0]["training_iteration"] == 1, reports
+    # the other trials ran once, each in one process
+    for trial in set(board["trial_id"]) - {target["trial"]}:
+        pids = {json.loads(line)["pid"] for line in (experiment / f"trial_{trial}" / "result.json").open()}
+        assert len(pids) == 1, trial
+    assert len(list(runs.glob("train-*"))) == trials
+    assert all(_newest(r) == SEARCH_EPOCHS for r in runs.glob("train-*"))
+    for name, files in finished.items():  # finished before the loss: not touched since
+        assert {p: p.read_bytes() for p in sorted((runs / name).rglob("*")) if p.is_file()} == files, name
+    study = optuna.load_study(study_name="two", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert len(study.trials) == trials
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    row.recovered(f"survived: the lost trial resumed at epoch {newest} on the head; {trials} of {trials} "
+                  f"complete, {len(finished)} finished trial(s) untouched", recovered)
