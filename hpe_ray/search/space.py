@@ -9,7 +9,7 @@ A search space file has three sections:
                         {loguniform: [low, high]}  float, log scale (low > 0)
                         {int: [low, high]}         integer, both ends included (Optuna's suggest_int)
                         {randint: [low, high]}     integer, high excluded (as Ray Tune's and numpy's randint)
-    search_settings:  num_samples, sampler (tpe | random | cmaes), seed, startup_trials,
+    search_settings:  num_samples, sampler (tpe | random | cmaes), seed, startup_trials, multivariate,
                       max_concurrent (auto | N), scheduler (asha | none), grace_period,
                       reduction_factor, trial_cpus, points_to_evaluate
 
@@ -57,6 +57,8 @@ class SearchSettings(BaseModel):
     seed: int = 0
     startup_trials: int | None = Field(None, ge=1)
     """Random trials before TPE/CMA-ES model the results; None: Optuna's default (10 for TPE)."""
+    multivariate: bool = False
+    """TPE only: model the searched keys jointly (Optuna's multivariate TPE) instead of one by one."""
     max_concurrent: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     """auto: as many trials as the cluster's free CPUs and GPUs hold at once."""
     scheduler: Literal["asha", "none"] = "asha"

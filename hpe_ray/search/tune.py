@@ -65,7 +65,9 @@ def make_sampler(settings: SearchSettings):
         return optuna.samplers.RandomSampler(seed=settings.seed)
     if settings.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=settings.seed, **startup)
-    return optuna.samplers.TPESampler(seed=settings.seed, **startup)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate: since Optuna 2.2
+        return optuna.samplers.TPESampler(seed=settings.seed, multivariate=settings.multivariate, **startup)
 
 
 def make_scheduler(settings: SearchSettings, epochs: int):
