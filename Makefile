@@ -30,7 +30,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install
-	$(PY) benchmarks/data_throughput.py
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) data/ runs/ .pytest_cache
