@@ -133,6 +133,7 @@ def test_poses_only_reading_never_decodes_a_jpeg(dataset, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("a JPEG was decoded")
 
+    monkeypatch.setattr(stream, "decode_jpeg", no_decoding)
     monkeypatch.setattr(PIL.Image, "open", no_decoding)
     assert len(stream.load_pose_arrays(dataset, "train")) == 23
     assert len(next(iter(_loader(dataset)))["key"]) == 4

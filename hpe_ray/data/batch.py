@@ -45,4 +45,4 @@ def scored_pose_2d(pose_2d, keypoint_scores):
 
 def images_to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
     """Crops (B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1], the RGB encoder's input."""
-    return images_uint8.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return images_uint8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # in place: one float tensor, not three
