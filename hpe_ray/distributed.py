@@ -106,6 +106,18 @@ def make_trainer(cfg: Config, *, run_name: str, storage_path: str | Path,
     )
 
 
+def address_for_workers(address: str | None) -> dict | None:
+    """The runtime_env that hands a cluster's "ip:port" on to its worker processes, or None.
+
+    Train's placement-group cleaner (a worker process) finds the cluster by RAY_ADDRESS; workers
+    get the raylet's environment, not the driver's, and guess wrong when two Ray instances run
+    on one node. "auto" and URLs (ray://, http://) are not GCS addresses a worker can use.
+    """
+    if not address or address == "auto" or "://" in address:
+        return None
+    return {"env_vars": {"RAY_ADDRESS": address}}
+
+
 class RunStopped(Exception):
     """A training run that ended before its last epoch: by SIGINT or SIGTERM (exit_code 128 + the
     signal), or failed once Ray Train's retries ran out (exit_code 1). The message says where it
@@ -163,11 +175,7 @@ def run_training(cfg: Config, *, resume: bool = True) -> ray.train.Result:
     result = None
     if not ray.is_initialized():
         # Before our handlers: Ray's native failure handler, installed by init, aborts the process on SIGTERM.
-        # Train's placement-group cleaner (a worker process) finds the cluster by RAY_ADDRESS; workers
-        # get the raylet's environment, not ours, so pass it on (as search.tune._connect does).
-        address = os.environ.get("RAY_ADDRESS")
-        known = bool(address) and address != "auto" and "://" not in address
-        ray.init(runtime_env={"env_vars": {"RAY_ADDRESS": address}} if known else None)
+        ray.init(runtime_env=address_for_workers(os.environ.get("RAY_ADDRESS")))
     failure = None
     with _interrupts_recorded() as received:
         try:

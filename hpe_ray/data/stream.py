@@ -117,22 +117,25 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns at every call;
+# they still ship and work. Filtered once here, by message, rather than per decoded image.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
+                        category=DeprecationWarning)
+
+
 def decode_jpeg(data: bytes, image_size: int | None = None) -> np.ndarray:
     """JPEG bytes -> (H, W, 3) uint8, resized to (image_size, image_size) when it differs.
 
     torchvision's decoder first (about 2-4x less CPU than PIL's open + convert on crops); a crop of
     another size goes through PIL, whose draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale.
     """
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still ship and work
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import ImageReadMode
-        from torchvision.io import decode_jpeg as torch_decode_jpeg
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as torch_decode_jpeg
 
-        try:
-            image = torch_decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except RuntimeError as err:  # a corrupt JPEG: the caller names the sample
-            raise ValueError(f"JPEG undecodable: {str(err).strip().splitlines()[0] if str(err).strip() else err}") from None
+    try:
+        image = torch_decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as err:  # a corrupt JPEG: the caller names the sample
+        raise ValueError(f"JPEG undecodable: {str(err).strip().splitlines()[0] if str(err).strip() else err}") from None
     if image_size is None or image.shape[1:] == (image_size, image_size):
         return image.permute(1, 2, 0).numpy()
     with Image.open(io.BytesIO(data)) as pil_image:

@@ -140,8 +140,9 @@ def _connect(address: str | None, dashboard_host: str) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        known = address != "auto" and "://" not in address
-        ray.init(address=address, runtime_env={"env_vars": {"RAY_ADDRESS": address}} if known else None)
+        from hpe_ray.distributed import address_for_workers
+
+        ray.init(address=address, runtime_env=address_for_workers(address))
         return False
     port = _free_port()
     url_host = "127.0.0.1" if dashboard_host in ("0.0.0.0", "::") else dashboard_host
