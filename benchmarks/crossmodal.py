@@ -13,6 +13,8 @@ beta schedule and seed (model sizes and beta schedule from configs/crossmodal.ya
 the project's defaults: scale-free 2D input, a best-of-8 term on the 3D pairs of the VAEs):
 - cross-modal VAE: the RGB and 2D-pose encoders into one latent space, one 3D decoder; pairs
   rgb_to_pose3d and pose2d_to_pose3d alternating step by step (half the steps each);
+- the same with both pairs summed in every step (`loss.schedule: sum`): each pair gets every
+  step, for little more compute per step than the regressor (the 2D encoder is a small MLP);
 - the same + rgb_to_rgb (weight 0.5, as configs/crossmodal.yaml): a third of the steps each;
 - ResNet-18 regressor: the same ResNet-18 and 3D decoder with the one pair rgb_to_pose3d and
   model.deterministic true (no log-variance head, no KL): plain supervised regression;
@@ -26,7 +28,9 @@ Each run's last checkpoint is evaluated on the test split (S9, S11): Protocol 1 
 2 (PA-MPJPE), action-wise average, mm, from the latent mean and as best of --hypotheses samples
 (the deterministic regressor has one answer). The last checkpoint, not the best by validation:
 validation of a model with a 2D encoder measures only its 2D -> 3D path. The Markdown tables
-are printed and written with a JSON of every number to --out. Synthetic data, not Human3.6M.
+are printed and written with a JSON of every number to --out. With --models, the rows not
+re-run are kept from --out's results.json when it was made with the same budget (the table
+says which rows came from which command). Synthetic data, not Human3.6M.
 """
 
 from __future__ import annotations
@@ -76,8 +80,12 @@ NO_AUGMENTATION = {"data.virtual_camera_fraction": 0.0,
 REGRESSOR = {"loss.pairs": {"rgb_to_pose3d": 1.0}, "model.deterministic": True}
 LIFTER = {"loss.pairs": {"pose2d_to_pose3d": 1.0}}
 MODELS = {
-    "Cross-modal VAE": Model("crossmodal", {"loss.pairs": TWO_PAIRS}, ("rgb", "pose2d")),
-    "Cross-modal VAE + rgb_to_rgb": Model("crossmodal-rgb", {"loss.pairs": THESIS_PAIRS}, ("rgb", "pose2d")),
+    "Cross-modal VAE": Model("crossmodal", {"loss.pairs": TWO_PAIRS, "loss.schedule": "alternate"},
+                             ("rgb", "pose2d")),
+    "Cross-modal VAE, pairs summed": Model("crossmodal-sum", {"loss.pairs": TWO_PAIRS, "loss.schedule": "sum"},
+                                           ("rgb", "pose2d")),
+    "Cross-modal VAE + rgb_to_rgb": Model("crossmodal-rgb", {"loss.pairs": THESIS_PAIRS, "loss.schedule": "alternate"},
+                                          ("rgb", "pose2d")),
     "ResNet-18 regressor (deterministic)": Model("regressor", REGRESSOR, ("rgb",)),
     "2D->3D VAE alone": Model("lifter", LIFTER, ("pose2d",)),
     # Alternating pairs: each pair of a cross-modal VAE gets this share of the optimiser steps.
@@ -99,6 +107,24 @@ def ensure_dataset(data_dir: Path, spec: SyntheticSpec) -> Path:
     write_synthetic_dataset(spec, data_dir)
     print(f"generated {data_dir} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return data_dir
+
+
+# What must match for an earlier run's rows to stand beside this run's.
+BUDGET_ARGS = ("sequences", "frames", "image_size", "epochs", "steps_per_epoch", "batch_size", "lr", "seed",
+               "hypotheses")
+
+
+def earlier_rows(out: Path, args: argparse.Namespace) -> dict:
+    """{model: run} of out's results.json when it was made with this budget, each run with the
+    command that made it; {} otherwise."""
+    path = out / "results.json"
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if any(earlier["args"].get(key) != str(getattr(args, key)) for key in BUDGET_ARGS):
+        return {}
+    command = earlier.get("command", f"an earlier run with --out {out}")
+    return {name: {"command": command, **run} for name, run in earlier["models"].items()}
 
 
 def budget_overrides(args: argparse.Namespace, data_dir: Path) -> dict:
@@ -185,13 +211,17 @@ def main() -> None:
                          image_size=args.image_size)
     data_dir = ensure_dataset(args.data.resolve(), spec)
     counts = {split: entry["count"] for split, entry in load_manifest(data_dir)["splits"].items()}
+    command = f"python {shlex.join(sys.argv)}"
+    earlier = earlier_rows(args.out.resolve(), args)
     results = {}
     for name, model in MODELS.items():
         if model.run not in args.models:
+            if name in earlier:
+                results[name] = earlier[name]
             continue
         run_dir = args.out.resolve() / "runs" / model.run
         share = {"train.steps_per_epoch": max(1, round(args.steps_per_epoch * model.steps_share))}
-        run = {"train": train({**budget_overrides(args, data_dir), **model.overrides, **share}, run_dir)}
+        run = {"command": command, "train": train({**budget_overrides(args, data_dir), **model.overrides, **share}, run_dir)}
         # A deterministic model repeats its one answer: no best-of-K columns.
         hypotheses = 1 if model.overrides.get("model.deterministic") else args.hypotheses
         run["test"] = {modality: evaluate(run["train"]["checkpoint"], data_dir, modality, hypotheses,
@@ -203,8 +233,10 @@ def main() -> None:
     steps = steps_per_epoch(counts["train"], args.batch_size, args.steps_per_epoch)
     text = "\n\n".join([
         "## RGB -> 3D and 2D -> 3D on synthetic crops (not Human3.6M)",
-        f"`python {shlex.join(sys.argv)}` with {args.threads} torch thread(s) on a {os.cpu_count()}-core CPU "
-        f"shared with other jobs; total wall time {total_s / 60:.1f} min (dataset generation included when it ran).",
+        f"`{command}` with {args.threads} torch thread(s) on a {os.cpu_count()}-core CPU "
+        f"shared with other jobs; total wall time {total_s / 60:.1f} min (dataset generation included when it ran)."
+        + "".join(f" Kept from `{c}`: {', '.join(n for n, r in results.items() if r['command'] == c)}."
+                  for c in dict.fromkeys(r["command"] for r in results.values()) if c != command),
         f"Data: synthetic, {args.image_size} px crops, {counts['train']} train / {counts['test']} test frames "
         f"(test subjects S9, S11). Budget per model: {args.epochs} epochs x {steps} optimiser steps (the '1/2' and "
         f"'1/3 of the steps' runs: what each alternating pair of the cross-modal VAEs gets), batch "
@@ -222,7 +254,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(text + "\n")
     (args.out / "results.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "counts": counts, "total_wall_s": total_s,
+        {"command": command, "args": {k: str(v) for k, v in vars(args).items()}, "counts": counts, "total_wall_s": total_s,
          "mean_pose_mm": mean_pose, "models": results}, indent=1))
 
 

@@ -107,8 +107,11 @@ class ModelConfig(_Strict):
     residual: bool = False
     deterministic: bool = False
     """True: the same MLP without the VAE (Martinez-style baseline; no sampling, no KL)."""
-    conditioned: bool = False
+    conditioned: bool = True
     """True: the 3D decoder reads the latent mean beside the sample (a conditional decoder)."""
+    sample_dims: int | None = Field(8, ge=1)
+    """Latent dims that carry the sampling noise (the first N; the rest decode at their mean), so
+    hypotheses vary along a few learned directions; None, or N >= latent_dim: all (the thesis)."""
     image_pretrained: str | None = None
     """Local path to ImageNet ResNet-18 weights, or 'torchvision' for torchvision's cache."""
 
@@ -125,7 +128,7 @@ class LossConfig(_Strict):
     pairs: dict[str, float] = Field(default_factory=lambda: {"pose2d_to_pose3d": 1.0})
     """Encoder->decoder pairs ("SRC_to_DST") and their weights."""
     schedule: Literal["alternate", "sum"] = "alternate"
-    pose_loss: Literal["mse", "l1"] = "mse"
+    pose_loss: Literal["mse", "l1"] = "l1"
     beta: BetaConfig = Field(default_factory=BetaConfig)
     reprojection_weight: float = Field(0.0, ge=0.0)
     use_3d_labels: bool = True
@@ -173,6 +176,10 @@ class TrainConfig(_Strict):
     """Cap on optimiser steps per epoch (small searches); None: one pass over the train split."""
     val_max_samples: int | None = Field(None, ge=1)
     tensorboard_images_every: int = Field(5, ge=0)
+    fit_sample_temperature: bool = True
+    """After each validation, set the spread hypotheses are drawn with (`sample_temperature`,
+    posterior std x 0.4-1) to the one with the lowest best-of-K error on up to 1024 validation
+    samples; false: draw at 1."""
     nonfinite_loss: Literal["stop", "skip"] = "stop"
     """A NaN or infinite loss: stop, naming the epoch and batch (the last checkpoint stays the
     newest), or skip that optimiser step and count it (`nonfinite_steps` in the epoch metrics)."""

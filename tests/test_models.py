@@ -361,3 +361,36 @@ def test_conditioned_decoder_reads_the_latent_mean_beside_the_sample():
         z = mu + 0.5
         assert not torch.allclose(model.decode("pose3d", z, mu), model.decode("pose3d", z, mu + 1.0))
     assert samples.shape == (3, 4, 16, 3)
+
+
+def test_sampling_noise_stays_in_the_first_sample_dims_scaled_by_the_temperature():
+    model = CrossModalVAE(latent_dim=6, hidden=16, blocks=1, sample_dims=2)
+    mu, logvar = torch.arange(12.0).view(2, 6), torch.full((2, 6), math.log(4.0))  # std 2
+    torch.manual_seed(3)
+    z = model.reparameterize(mu, logvar, temperature=0.5)
+    torch.manual_seed(3)
+    noise = torch.randn(2, 6)
+    torch.testing.assert_close(z[:, :2], mu[:, :2] + 0.5 * 2.0 * noise[:, :2])
+    torch.testing.assert_close(z[:, 2:], mu[:, 2:])  # the other dims decode at their mean
+    # N >= latent_dim is every dim, as None.
+    assert CrossModalVAE(latent_dim=6, hidden=16, blocks=1, sample_dims=6).sample_dims is None
+    with pytest.raises(ValueError, match="sample_dims"):
+        CrossModalVAE(latent_dim=6, hidden=16, blocks=1, sample_dims=0)
+
+
+def test_hypotheses_are_drawn_at_the_stored_temperature_and_old_checkpoints_draw_at_one():
+    torch.manual_seed(0)
+    model = CrossModalVAE(latent_dim=8, hidden=32, blocks=2).eval()
+    pose_2d = torch.randn(3, 16, 2)
+    with torch.no_grad():
+        mean, _ = model.lift("pose2d", pose_2d)
+        model.sample_temperature.fill_(0.0)  # no spread: every hypothesis is the mean
+        _, samples = model.lift("pose2d", pose_2d, hypotheses=4)
+    torch.testing.assert_close(samples, mean[:, None].expand(-1, 4, -1, -1))
+    state = model.state_dict()
+    assert float(state["sample_temperature"]) == 0.0
+    del state["sample_temperature"]  # a checkpoint written before the buffer existed
+    restored = CrossModalVAE(latent_dim=8, hidden=32, blocks=2)
+    restored.sample_temperature.fill_(0.3)
+    restored.load_state_dict(state)
+    assert float(restored.sample_temperature) == 1.0

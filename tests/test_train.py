@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import camera_poses_mm, h36m_intrinsics
+from conftest import camera_poses_mm, h36m_intrinsics, train_tiny_checkpoint
 from hpe_ray.camera import most_common_camera, project_to_pixels
 from hpe_ray.config import Config, absolute_paths
 from hpe_ray.data.batch import pose_batch
@@ -18,8 +18,8 @@ from hpe_ray.models import build_model, predict_pose_3d_mm
 from hpe_ray.normalization import NormStats, normalize_2d, normalize_3d
 from hpe_ray.rotation import rotation_about_axis
 from hpe_ray.training.checkpoint import CHECKPOINT_FILE, best_checkpoint_dir, load_checkpoint, save_checkpoint
-from hpe_ray.training.data import rank_slice, steps_per_epoch
-from hpe_ray.training.loop import batch_errors, lr_factor
+from hpe_ray.training.data import rank_slice, steps_per_epoch, to_device, val_batches
+from hpe_ray.training.loop import SAMPLE_TEMPERATURES, batch_errors, fit_sample_temperature, lr_factor
 
 def _unit_stats() -> NormStats:
     return NormStats(np.zeros((16, 2)), np.ones((16, 2)), np.zeros((16, 3)), np.ones((16, 3)), "camera")
@@ -417,10 +417,35 @@ def test_a_nonfinite_loss_can_be_skipped_and_counted(tiny_dataset):
 
 def test_a_diverged_model_stops_at_validation(tiny_dataset, tmp_path):
     """Weights that overflow on a finite loss: validation names it instead of failing in an SVD."""
-    from conftest import train_tiny_checkpoint
     from hpe_ray.training.loop import NonFiniteError
 
     with pytest.raises(NonFiniteError, match="the model predicts non-finite poses|the loss is not finite"):
         train_tiny_checkpoint(tiny_dataset, tmp_path, steps=20, overrides={
             "train.lr": 1e30, "train.grad_clip": 0.0, "train.nonfinite_loss": "skip"})
     assert not list(tmp_path.glob("checkpoint_*"))
+
+
+def test_the_sample_temperature_is_the_grid_value_with_the_lowest_best_of_k_error(tiny_dataset, tmp_path):
+    """fit_sample_temperature picks, from the same noise at every temperature, the spread whose
+    hypotheses come closest on validation data, and leaves it in the checkpoint."""
+    checkpoint = train_tiny_checkpoint(tiny_dataset, tmp_path / "run", steps=20)
+    loaded = load_checkpoint(checkpoint)
+    stored = loaded.metrics["sample_temperature"]
+    assert stored in SAMPLE_TEMPERATURES
+    assert float(loaded.model.sample_temperature) == pytest.approx(stored)
+    device = torch.device("cpu")
+    batches = val_batches(loaded.cfg, loaded.stats, "pose2d", 0, 1, device)
+    rng_before = torch.get_rng_state()
+    chosen = fit_sample_temperature(loaded.model, batches(), "pose2d", loaded.stats, 4, device)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # training's random state untouched
+    errors = []
+    for temperature in SAMPLE_TEMPERATURES:
+        loaded.model.sample_temperature.fill_(temperature)
+        total = 0.0
+        for index, batch in enumerate(batches()):
+            torch.manual_seed(index)
+            total += batch_errors(loaded.model, to_device(batch, device), "pose2d", loaded.stats, 4,
+                                  ("mpjpe_best_of_k",))["mpjpe_best_of_k"].sum().item()
+        errors.append(total)
+    assert chosen == SAMPLE_TEMPERATURES[errors.index(min(errors))]
+    assert max(errors) > min(errors)  # the spread matters: the choice is not a tie

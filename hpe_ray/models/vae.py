@@ -32,28 +32,46 @@ def _checked(names: Iterable[str], known: tuple[str, ...], role: str) -> list[st
     return names
 
 
+def _default_temperature(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    """Checkpoints from before `sample_temperature` existed drew hypotheses at 1."""
+    state_dict.setdefault(prefix + "sample_temperature", torch.ones(()))
+
+
 class CrossModalVAE(nn.Module):
     """Encoders and decoders over a shared latent space of size latent_dim.
 
     MLP options (hidden, blocks, batch_norm, dropout, residual) apply to the pose encoder and
-    decoders. `deterministic=True` is the Martinez-style baseline with the same architecture:
-    no log-variance heads, z = mu, no KL term. `conditioned=True` gives the 3D decoder the
-    latent mean beside z (a conditional decoder, after Sohn et al. 2015): it knows what the
-    input said and can spend z - mu on what the input leaves open (depth, occluded limbs).
+    decoders. `deterministic=True` is the Martinez-style baseline with the same architecture
+    (no log-variance heads, z = mu, no KL term, `conditioned` ignored). `conditioned=True`
+    gives the 3D decoder the latent mean beside z (a conditional decoder, after Sohn et al.
+    2015): it knows what the input said and can spend z - mu on what the input leaves open
+    (depth, occluded limbs).
     `keypoint_scores=True`: the 2D-pose encoder also reads per-joint detector confidences
     (`PoseEncoder2D`), taken from the batch's "keypoint_scores" in `forward` (1 without them).
+    `sample_dims=N`: only the first N latent dims carry sampling noise, the rest decode at their
+    mean, so that K hypotheses vary along a few learned directions (as lifting's ambiguity does:
+    limb depth) and cover them with few samples; None (or N >= latent_dim): every dim. The buffer
+    `sample_temperature` scales the posterior's std when `lift` draws hypotheses (training
+    samples at 1); `hpe_ray.training.loop.fit_sample_temperature` sets it on validation data.
     """
 
     def __init__(self, latent_dim: int = 100, encoders: Iterable[str] = ("pose2d",),
                  decoders: Iterable[str] = ("pose3d",), image_size: int = 128, hidden: int = 512,
                  blocks: int = 5, batch_norm: bool = False, dropout: float = 0.0, residual: bool = False,
                  image_pretrained: str | None = None, deterministic: bool = False, num_joints: int = 16,
-                 allow_download: bool = False, conditioned: bool = False, keypoint_scores: bool = False):
+                 allow_download: bool = False, conditioned: bool = False, keypoint_scores: bool = False,
+                 sample_dims: int | None = None):
         super().__init__()
+        if sample_dims is not None and sample_dims < 1:
+            raise ValueError(f"sample_dims must be >= 1 or None, got {sample_dims}")
         self.latent_dim = latent_dim
+        self.sample_dims = sample_dims if sample_dims is not None and sample_dims < latent_dim else None
+        # In the state dict, so every checkpoint carries the spread its hypotheses were fitted at.
+        self.register_buffer("sample_temperature", torch.ones(()))
+        self.register_load_state_dict_pre_hook(_default_temperature)
         self.keypoint_scores = keypoint_scores
         self.deterministic = deterministic
-        self.conditioned = conditioned
+        self.conditioned = conditioned and not deterministic  # z is mu: nothing to condition on
         mlp = dict(hidden=hidden, blocks=blocks, batch_norm=batch_norm, dropout=dropout, residual=residual)
         variational = not deterministic
         builders_in = {
@@ -63,7 +81,7 @@ class CrossModalVAE(nn.Module):
                                         variational=variational),
         }
         builders_out = {
-            "pose3d": lambda: PoseDecoder3D(latent_dim * (2 if conditioned else 1), num_joints, **mlp),
+            "pose3d": lambda: PoseDecoder3D(latent_dim * (2 if self.conditioned else 1), num_joints, **mlp),
             "pose2d": lambda: PoseDecoder2D(latent_dim, num_joints, **mlp),
             "rgb": lambda: ImageDecoder(latent_dim, image_size),
         }
@@ -78,10 +96,14 @@ class CrossModalVAE(nn.Module):
             raise ValueError(f"this model has no {modality!r} encoder (it has {list(self.encoders)})")
         return self.encoders[modality](x)
 
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """A sample z ~ N(mu, exp(logvar)), differentiable in mu and logvar; (..., D)."""
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, temperature: float | torch.Tensor = 1.0
+                       ) -> torch.Tensor:
+        """A sample z ~ N(mu, temperature^2 exp(logvar)) in the first `sample_dims` dims (mu in the
+        others), differentiable in mu and logvar; (..., D)."""
+        noise = torch.randn_like(mu)
+        if self.sample_dims is not None:
+            noise[..., self.sample_dims:] = 0
+        return mu + temperature * noise * torch.exp(0.5 * logvar)
 
     def decode(self, modality: str, z: torch.Tensor, mu: torch.Tensor | None = None) -> torch.Tensor:
         """z (B, latent_dim) -> (B, ...) of `modality`. mu (B, latent_dim): the latent mean z was
@@ -120,7 +142,8 @@ class CrossModalVAE(nn.Module):
         """Normalised 3D from one encoder: (mean (B, 16, 3), samples (B, K, 16, 3)).
 
         The mean decodes the latent mean; the K hypotheses decode samples of the input-conditioned
-        posterior (a deterministic model repeats its one answer); K = 0 decodes the mean only.
+        posterior at `sample_temperature` (a deterministic model repeats its one answer); K = 0
+        decodes the mean only.
         Gradients and train/eval mode are left to the caller.
         """
         if hypotheses < 0:
@@ -130,5 +153,5 @@ class CrossModalVAE(nn.Module):
         if logvar is None:
             return mean, mean[:, None].expand(-1, hypotheses, -1, -1)
         mu_k = mu.repeat_interleave(hypotheses, 0)
-        z = self.reparameterize(mu_k, logvar.repeat_interleave(hypotheses, 0))
+        z = self.reparameterize(mu_k, logvar.repeat_interleave(hypotheses, 0), self.sample_temperature)
         return mean, self.decode("pose3d", z, mu_k).view(len(mu), hypotheses, *mean.shape[1:])

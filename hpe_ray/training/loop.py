@@ -26,7 +26,7 @@ from hpe_ray.data.batch import Batch
 from hpe_ray.data.stream import load_pose_arrays, load_stats
 from hpe_ray.metrics import POSE_ERRORS, pose_errors
 from hpe_ray.models import (BATCH_KEY, DEFAULT_RECON_KIND, best_of_k_loss, build_model, make_beta_schedule,
-                            pair_loss, predict_pose_3d_mm, reprojection_loss)
+                            pair_loss, predict_pose_3d_mm, reprojection_loss, unwrap_model)
 from hpe_ray.normalization import NormStats, denormalize_3d
 from hpe_ray.training.checkpoint import latest_checkpoint_state, prune_checkpoints, save_checkpoint
 from hpe_ray.training.data import streams_shards, to_device, train_batches, val_batches
@@ -109,6 +109,40 @@ def validate(model: torch.nn.Module, batches: Iterable[dict], modality: str, sta
         raise ValueError("validation saw no samples")
     return {**{f"val_{k}": (sums[i] / count).item() for i, k in enumerate(names)},
             "val_skipped_samples": int(sums[-1].item())}
+
+
+# Spreads tried for the hypotheses (posterior std x t) and how many validation samples choose one.
+SAMPLE_TEMPERATURES = (0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+TEMPERATURE_SAMPLES = 1024
+
+
+@torch.no_grad()
+def fit_sample_temperature(model: torch.nn.Module, batches: Iterable[dict], modality: str, stats: NormStats,
+                           hypotheses: int, device: torch.device) -> float:
+    """Set the model's `sample_temperature` to the one of SAMPLE_TEMPERATURES whose K hypotheses
+    come closest (best-of-K MPJPE) on the first TEMPERATURE_SAMPLES validation samples of every
+    rank; returns it. Training samples at 1, which spreads the hypotheses wider than best-of-K
+    wants (fewer hits near the truth). Every temperature sees the same noise (seeded per batch,
+    the training's random state left as it was), so they differ only in the spread."""
+    model.eval()
+    _broadcast_buffers(model)
+    core = unwrap_model(model)
+    sums = torch.zeros(len(SAMPLE_TEMPERATURES), dtype=torch.float64, device=device)
+    seen = 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for batch_index, batch in enumerate(batches):
+            if seen >= TEMPERATURE_SAMPLES:
+                break
+            batch = to_device(batch, device)
+            for i, temperature in enumerate(SAMPLE_TEMPERATURES):
+                core.sample_temperature.fill_(temperature)
+                torch.manual_seed(batch_index)
+                sums[i] += batch_errors(model, batch, modality, stats, hypotheses, ("mpjpe_best_of_k",))[
+                    "mpjpe_best_of_k"].sum().double()
+            seen += len(batch["pose_3d_cam_mm"])
+    best = SAMPLE_TEMPERATURES[int(_all_reduce_sum(sums).argmin())]
+    core.sample_temperature.fill_(best)
+    return best
 
 
 def pair_losses(model: torch.nn.Module, batch: Batch, src: str, dst: str, beta: float, cfg: Config,
@@ -244,6 +278,9 @@ class Trainer:
             train_metrics, self.global_step = train_epoch(self.model, self.optimizer, self._train_batches(self.epoch),
                                                           cfg, self.stats, self.beta_at, self.global_step, self.device)
             self.scheduler.step()
+            if cfg.train.fit_sample_temperature and not cfg.model.deterministic and cfg.train.eval_hypotheses > 1:
+                train_metrics["sample_temperature"] = fit_sample_temperature(
+                    self.model, self.val_batches(), self.modality, self.stats, cfg.train.eval_hypotheses, self.device)
             validation = validate(self.model, self.val_batches(), self.modality, self.stats,
                                   cfg.train.eval_hypotheses, self.device)
         except NonFiniteError as err:
