@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -232,6 +233,7 @@ def main() -> None:
                 "train.lr": args.lr, "train.seed": args.seed, "train.val_max_samples": 4000,
                 "train.tensorboard_images_every": 0, "run.checkpoints_to_keep": 1})
             tic = time.perf_counter()
+            shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own run: always a fresh start
             fit(cfg, run_dir)
             report["train_seconds"][f"{train_set}/{model}"] = round(time.perf_counter() - tic)
             report["results"].setdefault(train_set, {})[model] = evaluate_model(

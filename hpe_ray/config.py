@@ -265,6 +265,22 @@ def format_validation_error(err: ValidationError, origin: str, what: str = "conf
     return "\n".join(lines)
 
 
+# Keys added to Config after checkpoints were first written, with the behaviour a checkpoint that
+# lacks them had (not today's default). Checkpoints store the full config: only these can be absent.
+KEYS_ADDED_LATER = {"model.conditioned": False, "model.sample_dims": None, "train.fit_sample_temperature": False}
+
+
+def stored_config(tree: dict[str, Any], origin: str) -> Config:
+    """The Config of a full config dict written by an earlier run (a checkpoint's), keys it
+    predates set as they behaved then (KEYS_ADDED_LATER)."""
+    missing = {}
+    for dotted, value in KEYS_ADDED_LATER.items():
+        section, key = dotted.split(".")
+        if key not in tree.get(section, {}):
+            missing[dotted] = value
+    return config_from_dict(apply_overrides(tree, missing), origin)
+
+
 def config_from_dict(tree: dict[str, Any] | None, origin: str = "config") -> Config:
     try:
         return Config.model_validate(tree or {})

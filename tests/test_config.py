@@ -1,6 +1,6 @@
 import pytest
 
-from hpe_ray.config import Config, ConfigError, config_from_dict, load_config
+from hpe_ray.config import Config, ConfigError, config_from_dict, load_config, stored_config
 
 
 def test_defaults_are_the_thesis_lifting_setup():
@@ -62,3 +62,16 @@ def test_shipped_configs_are_valid(name):
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert cfg.model.latent_dim == 100
+
+
+def test_a_stored_config_without_later_keys_reads_as_it_behaved_then():
+    """A checkpoint's config written before model.conditioned / sample_dims existed built an
+    unconditioned decoder with noise in every latent dim, whatever today's defaults are."""
+    tree = Config().model_dump()
+    for key in ("conditioned", "sample_dims"):
+        del tree["model"][key]
+    del tree["train"]["fit_sample_temperature"]
+    old = stored_config(tree, "old checkpoint")
+    assert (old.model.conditioned, old.model.sample_dims, old.train.fit_sample_temperature) == (False, None, False)
+    new = stored_config(Config().model_dump(), "new checkpoint")
+    assert (new.model.conditioned, new.model.sample_dims, new.train.fit_sample_temperature) == (True, 8, True)

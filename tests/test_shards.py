@@ -89,7 +89,8 @@ def test_manifest_counts_shards_and_summary(tmp_path):
     assert manifest["skipped"] == {"train": {}, "val": {}, "test": {}}
     assert manifest["source"] == "test" and manifest["settings"] == {"seed": 1}
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(
-        ["manifest.json", "stats.json"] + [n for e in manifest["splits"].values() for n in e["shards"]]
+        ["manifest.json", "stats.json"] + [n + ext for e in manifest["splits"].values() for n in e["shards"]
+                                           for ext in ("", ".idx")]
         + [f"{split}-poses.npz" for split in ("train", "val", "test")])
     text = shards.summary(tmp_path / "data")
     assert "train: 10 samples (10 with images) in 3 shards" in text and "2-4 samples per shard" in text

@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 import tarfile
 from collections import Counter
@@ -13,6 +14,7 @@ import webdataset as wds
 from hpe_ray import normalization
 from hpe_ray.data import shards, stream
 from hpe_ray.data.sample import BadSampleError
+from hpe_ray.data.tar_index import index_path, read_indexed, tar_members, write_member_index
 from test_shards import make_samples, make_splits, write_dataset
 
 
@@ -143,9 +145,11 @@ def test_poses_only_reading_never_decodes_a_jpeg(dataset, monkeypatch):
 
 
 def _rewrite_shard(path: Path, records: list[dict]) -> None:
+    """As the conversion writes a shard: the tar, then its offset index."""
     with wds.TarWriter(str(path), encoder=False) as writer:
         for record in records:
             writer.write(record)
+    write_member_index(path)
 
 
 @pytest.fixture
@@ -404,3 +408,56 @@ def test_skip_mode_reports_skipped_samples_per_epoch(tmp_path, caplog):
     assert draws >= 2 and metrics["skipped_samples"] == 6 * draws and metrics["val_skipped_samples"] == 0
     (line,) = [r.message for r in caplog.records if r.message.startswith("epoch 1/1")]
     assert line.endswith(f"; skipped {6 * draws} bad samples (train {6 * draws}, val 0)")
+
+
+# ---------------------------------------------------------------- the offset index beside each shard
+
+def _tar_read(shard: Path, exts: frozenset[str]) -> list:
+    return list(stream._read_tar(shard, exts))
+
+
+def test_reading_by_offsets_gives_what_tarfile_gives(dataset):
+    for shard in sorted(dataset.glob("*.tar")):
+        members = json.loads(index_path(shard).read_text())["members"]
+        assert members == tar_members(shard)
+        for exts in (stream._POSES_ONLY, stream._WITH_IMAGES):
+            assert list(read_indexed(shard, members, exts)) == _tar_read(shard, exts)
+
+
+def test_a_shard_rewritten_in_another_order_is_refused_by_its_index_never_misread(dataset):
+    """Same samples, same size, other order: every offset now points at another member."""
+    shard = dataset / "train-000001.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    size = shard.stat().st_size
+    with tarfile.open(shard, "w") as tar:
+        for member, payload in reversed(members):
+            tar.addfile(member, io.BytesIO(payload))
+    assert shard.stat().st_size == size  # a stat cannot tell
+    pattern = r"train-000001\.tar: .*member .* is not where .*train-000001\.tar\.idx says: the index disagrees"
+    with pytest.raises(BadSampleError, match=pattern):
+        list(_eval_loader(dataset, verify=False))
+    report = stream.verify_shards(dataset, ["train"], on_error="skip", checksums=False)["train"]
+    assert any("train-000001.tar.idx: member offsets disagree with" in m for m in report["mismatches"])
+
+
+def test_an_edited_index_is_refused(dataset):
+    shard = dataset / "train-000002.tar"
+    index = json.loads(index_path(shard).read_text())
+    index["members"][3][1] += 512  # one member's data offset moved by a block
+    index_path(shard).write_text(json.dumps(index))
+    with pytest.raises(BadSampleError, match=r"train-000002\.tar: .*is not where .* says"):
+        list(_eval_loader(dataset, verify=False))
+    with pytest.raises(BadSampleError, match=r"member offsets disagree"):
+        stream.verify_shards(dataset, ["train"], checksums=False)
+
+
+def test_an_index_that_does_not_fit_its_shard_is_passed_over_with_a_warning(dataset, caplog):
+    """Truncated after conversion: the index is for another size, so tarfile reads the shard and
+    reports where it breaks off, as without an index."""
+    shard = dataset / "train-000002.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    report = stream.verify_shards(dataset, ["train"], on_error="skip", checksums=False)
+    assert report["train"]["samples"] < 23
+    list(_eval_loader(dataset, verify=False, on_error="skip"))
+    assert "train-000002.tar.idx is for a" in caplog.text and "reading the tar without it" in caplog.text

@@ -8,6 +8,8 @@ Layout of a dataset directory DIR (docs/design.md, "Shard layout"):
                               poses_index, poses_bytes, poses_sha256}}, skipped
     stats.json                NormStats of the training split for both 2D modes, joint names
     train-000000.tar ...      WebDataset shards per split
+    train-000000.tar.idx ...  each shard's member offsets (`tar_index`): streaming seeks instead
+                              of parsing tar headers
 
 One sample: `__key__`, `jpg` (when the sample has an image), `kp2d.npy` (17, 2) f32 px,
 `pose3d.npy` (17, 3) f32 camera mm, `intr.npy` (9,) f32, `json` metadata. Arrays are .npy
@@ -47,6 +49,7 @@ from tqdm import tqdm
 
 from hpe_ray import __version__
 from hpe_ray.data.sample import BadSampleError, PoseSample
+from hpe_ray.data.tar_index import write_member_index
 from hpe_ray.normalization import MODES_2D, compute_stats
 from hpe_ray.skeleton import JOINT_NAMES
 
@@ -360,6 +363,8 @@ def _write_split(samples: Iterable[PoseSample], directory: Path, split: str, *, 
     finally:
         if writer is not None:
             writer.close()
+    for name in shard_names:
+        write_member_index(directory / name)
     poses_index = POSES_INDEX.format(split=split) if len(poses) else None
     if poses_index:
         np.savez(directory / poses_index, **poses.columns())

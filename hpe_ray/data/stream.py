@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import math
 import os
 import tarfile
@@ -46,9 +47,11 @@ from hpe_ray.data.batch import images_to_model_range, pose_batch
 from hpe_ray.data.sample import BadSampleError, PoseArrays, PoseSample
 from hpe_ray.data.shards import (IMAGE_FIELD, POSE_FIELDS, STATS_FILE, SkipLog, file_sha256, load_manifest,
                                  missing_checksums, read_json)
+from hpe_ray.data.tar_index import index_path, read_indexed, read_member_index, tar_members
 from hpe_ray.normalization import NormStats, without_2d_scores
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
 
+logger = logging.getLogger(__name__)
 _POSES_ONLY = frozenset(POSE_FIELDS)
 _WITH_IMAGES = frozenset(POSE_FIELDS + (IMAGE_FIELD,))
 _BLOCK = 4096
@@ -168,18 +171,33 @@ def _read_tar(shard: Path, read_exts: frozenset[str]) -> Iterator[tuple[str, dic
             yield key, files
 
 
+def _read_shard(shard: Path, read_exts: frozenset[str], indexed: bool
+                ) -> Iterator[tuple[str, dict[str, bytes | None]]]:
+    """`_read_tar`, or by the shard's offset index when it has one and `indexed`. An index that
+    does not fit the shard (another size: the shard changed after conversion) is passed over with
+    a warning: tarfile reads what the shard now holds."""
+    members = None
+    if indexed:
+        try:
+            members = read_member_index(shard)
+        except tarfile.ReadError as err:
+            logger.warning("%s; reading the tar without it", err)
+    return _read_tar(shard, read_exts) if members is None else read_indexed(shard, members, read_exts)
+
+
 def _shard_records(shard: Path, expected_count: int, skips: SkipLog, read_exts: frozenset[str],
-                   lost_share=None) -> Iterator[tuple[str, dict[str, bytes | None]]]:
-    """`_read_tar` of one shard; a tar that breaks off or holds fewer samples than the manifest
-    says goes to `skips` once, as the samples it lacks (the one read when it broke off included),
-    or lost_share(read, expected_count) of them: those that are this reader's to count."""
+                   lost_share=None, indexed: bool = True) -> Iterator[tuple[str, dict[str, bytes | None]]]:
+    """`_read_shard` of one shard; a tar that breaks off, disagrees with its offset index or holds
+    fewer samples than the manifest says goes to `skips` once, as the samples it lacks (the one
+    read when it broke off included), or lost_share(read, expected_count) of them: those that
+    are this reader's to count."""
     count = 0
 
     def lost() -> int:
         return lost_share(count, expected_count) if lost_share else max(expected_count - count, 0)
 
     try:
-        for key, files in _read_tar(shard, read_exts):
+        for key, files in _read_shard(shard, read_exts, indexed):
             count += 1
             yield key, files
     except (tarfile.TarError, OSError) as err:
@@ -192,8 +210,8 @@ def _shard_records(shard: Path, expected_count: int, skips: SkipLog, read_exts: 
 
 
 def _shard_samples(shard: Path, expected_count: int, skips: SkipLog, *, read_exts: frozenset[str],
-                   required: tuple[str, ...]) -> Iterator[PoseSample]:
-    for key, files in _shard_records(shard, expected_count, skips, read_exts):
+                   required: tuple[str, ...], indexed: bool = True) -> Iterator[PoseSample]:
+    for key, files in _shard_records(shard, expected_count, skips, read_exts, indexed=indexed):
         try:
             sample = decode_record(key, files, str(shard), required=required)
         except BadSampleError as err:
@@ -317,7 +335,8 @@ def verify_shards(data_dir: str | os.PathLike, splits: list[str] | None = None, 
     shapes and finite values; with `checksums`, every shard's sha256 against the manifest (this
     reads the JPEG bytes too: leave it to `hpe-ray data verify`, not every run). The poses index
     is checked against the manifest (`_read_poses_index`) and the shards: the same keys in the
-    same order and the same 2D, 3D and intrinsics values.
+    same order and the same 2D, 3D and intrinsics values; each shard's offset index (`tar_index`)
+    against its tar headers.
 
     Returns {split: {"samples": usable, "skipped": {reason: samples lost}}}, plus "mismatches":
     [one line per file] when a shard or index differs from the manifest or the shards without
@@ -344,10 +363,21 @@ def verify_shards(data_dir: str | os.PathLike, splits: list[str] | None = None, 
             shard = Path(data_dir) / name
             sha256 = file_sha256(shard) if expected_sha256 and shard.is_file() else expected_sha256
             problems_before = skips.problems
-            for sample in _shard_samples(shard, count, skips, read_exts=_POSES_ONLY, required=required):
+            # Every tar header, read by tarfile; the offset index is then checked against them.
+            for sample in _shard_samples(shard, count, skips, read_exts=_POSES_ONLY, required=required,
+                                         indexed=False):
                 usable += 1
                 if index:
                     index.add(sample, rows_lost=bool(skips.problems))
+            if skips.problems == problems_before and index_path(shard).is_file():
+                try:
+                    agrees = read_member_index(shard) == tar_members(shard)
+                except tarfile.ReadError as err:
+                    mismatch(str(err))
+                else:
+                    if not agrees:
+                        mismatch(f"{index_path(shard)}: member offsets disagree with {shard}: shard changed "
+                                 "after conversion; convert the data again")
             # A shard that reads well but differs from the conversion's (a problem while reading
             # names itself better; in skip mode its samples are counted then).
             if sha256 != expected_sha256 and skips.problems == problems_before:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hpe_ray.config import Config, config_from_dict
+from hpe_ray.config import Config, stored_config
 from hpe_ray.models import CrossModalVAE, build_model, unwrap_model
 from hpe_ray.normalization import NormStats
 
@@ -107,7 +107,7 @@ def load_checkpoint(path, map_location: str | torch.device = "cpu") -> LoadedChe
     """
     file = resolve_checkpoint_file(path)
     state = read_checkpoint_state(file, map_location)
-    cfg = config_from_dict(state["config"], origin=str(file))
+    cfg = stored_config(state["config"], origin=str(file))
     model = build_model(cfg, load_pretrained=False)
     model.load_state_dict(state["model"])
     model.to(map_location).eval()
