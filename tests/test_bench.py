@@ -24,8 +24,8 @@ def test_quick_benchmark_writes_rows_with_positive_figures_and_finite_ratios(tmp
     report = json.loads(written[0].read_text())
     assert report["mode"] == "quick" and report["machine"]["cpus"] >= 1 and report["machine"]["torch"]
     rows = report["rows"]
-    # lifting: configured and best batch; streaming: 64 px and 256 px.
-    assert [r["row"] for r in rows] == ["lifting", "lifting", "streaming", "streaming"], [r["label"] for r in rows]
+    # lifting: configured and best batch; streaming: 64 px and 256 px, each against both bare reads.
+    assert [r["row"] for r in rows] == ["lifting", "lifting"] + ["streaming"] * 4, [r["label"] for r in rows]
     for row in rows:
         for side in ("project", "bare"):
             figures = row[side]
@@ -38,7 +38,7 @@ def test_quick_benchmark_writes_rows_with_positive_figures_and_finite_ratios(tmp
     for row in rows[2:]:
         assert row["project"]["samples"] == row["bare"]["samples"], row
     table = written[0].with_suffix(".md").read_text()
-    assert table.count("\n| lifting epoch") == 2 and table.count("\n| image streaming") == 2, table
+    assert table.count("\n| lifting epoch") == 2 and table.count("\n| image streaming") == 4, table
 
 
 @pytest.mark.slow
