@@ -1,10 +1,13 @@
-"""SLURM launch scripts: shell helpers (fast) and slurm/tune.sh in a simulated one-node
-allocation (slow): `srun` and `scontrol` are replaced by the stand-ins in tests/slurm_shims."""
+"""SLURM launch scripts: shell helpers (fast) and slurm/tune.sh in simulated one- and two-node
+allocations (slow): `srun` and `scontrol` are replaced by the stand-ins in tests/slurm_shims;
+two nodes are two network namespaces on this machine."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,3 +144,70 @@ def test_tune_sh_saves_on_usr1_and_a_resubmission_finishes_the_search(tmp_path):
     study = optuna.load_study(study_name="slurm", storage=f"sqlite:///{experiment / 'optuna.db'}")
     values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(values) == pytest.approx(sorted(board["val_mpjpe"]))
+
+
+@pytest.fixture
+def netns_nodes():
+    """Two simulated nodes: network namespaces on a bridge, each with its own address (root and
+    iproute2 needed). Yields (names, addresses); removed afterwards."""
+    tag = os.getpid() % 200
+    names = [f"hpe{tag}n{i}" for i in (1, 2)]
+    addresses = [f"10.231.{tag}.{i}" for i in (1, 2)]
+    bridge = f"hpe{tag}br"
+    setup = [f"ip link add {bridge} type bridge", f"ip addr add 10.231.{tag}.254/24 dev {bridge}",
+             f"ip link set {bridge} up"]
+    for i, (name, address) in enumerate(zip(names, addresses), 1):
+        setup += [f"ip netns add {name}", f"ip link add hpe{tag}v{i} type veth peer name eth0 netns {name}",
+                  f"ip link set hpe{tag}v{i} master {bridge} up",
+                  f"ip netns exec {name} ip addr add {address}/24 dev eth0",
+                  f"ip netns exec {name} ip link set eth0 up", f"ip netns exec {name} ip link set lo up"]
+    teardown = [f"ip netns del {name}" for name in names] + [f"ip link del hpe{tag}v{i}" for i in (1, 2)] + [
+        f"ip link del {bridge}"]
+    try:
+        made = subprocess.run(["bash", "-ec", "\n".join(setup)], capture_output=True, text=True)
+        if made.returncode and os.environ.get("HPE_RAY_REQUIRE_NETNS") != "1":
+            pytest.skip(f"cannot make network namespaces here (root and iproute2 needed): {made.stderr.strip()}")
+        assert made.returncode == 0, made.stderr
+        yield names, addresses
+    finally:
+        for command in teardown:
+            subprocess.run(command.split(), capture_output=True)
+
+
+@pytest.mark.slow
+def test_tune_sh_spans_a_two_node_allocation(tmp_path, netns_nodes):
+    """slurm/tune.sh in a simulated two-node allocation: each node a network namespace with its
+    own address and its own /tmp/ray_JOB (same ports and temp dir on every node, as on a real
+    cluster); one trial runs on each node and the job leaves no Ray process behind."""
+    names, addresses = netns_nodes
+    data = make_tiny_dataset(tmp_path / "data")
+    # 1 CPU per node and per trial (0.5 for the trial process, 0.5 for its one worker's share).
+    space = write_space(tmp_path, {**TINY_SPACE, "base": {**TINY_SPACE["base"], "scaling": {
+        "workers": 1, "cpus_per_worker": 0.5}}, "search_settings": {
+        **TINY_SPACE["search_settings"], "num_samples": 2, "max_concurrent": 2, "scheduler": "none",
+        "trial_cpus": 0.5}}, "two.yaml")
+    job_id = 300_000 + os.getpid() % 100_000
+    env = {**os.environ, **_simulated_allocation(job_id), "SLURM_JOB_NODELIST": ",".join(names),
+           "SLURM_NNODES": "2", "SLURM_CPUS_ON_NODE": "1", "SLURM_SHIM_NETNS": " ".join(names)}
+    # The batch shell runs on the first node, as sbatch runs it.
+    try:
+        job = subprocess.run(["ip", "netns", "exec", names[0], "bash", str(REPO / "slurm" / "tune.sh"),
+                              "--space", str(space), "--data", str(data), "--storage", str(tmp_path / "runs"),
+                              "--name", "two"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420)
+        time.sleep(2)
+        leftovers = _processes_mentioning(f"/tmp/ray_{job_id}")
+    finally:  # a job killed by the timeout cannot stop its cluster: do it here
+        for pid in _processes_mentioning(f"/tmp/ray_{job_id}"):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["umount", "--lazy", f"/tmp/ray_{job_id}"], capture_output=True)
+        shutil.rmtree(f"/tmp/ray_{job_id}", ignore_errors=True)
+    output = job.stdout + job.stderr
+    assert job.returncode == 0, output[-4000:]
+    assert f"Ray head on {names[0]} ({addresses[0]}:" in output and "Ray cluster: 2 node(s) up" in output
+    assert f"Ray dashboard: http://{addresses[0]}:" in output
+    board = pd.read_csv(tmp_path / "runs" / "two" / "leaderboard.csv")
+    assert len(board) == 2 and board["val_mpjpe"].notna().all()
+    node_ips = {json.loads(path.read_text().splitlines()[-1])["node_ip"]
+                for path in (tmp_path / "runs" / "two").glob("trial_*/result.json")}
+    assert node_ips == set(addresses), node_ips
+    assert "Ray cluster stopped" in output and leftovers == [], "Ray processes of the job were left running"
