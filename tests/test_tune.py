@@ -21,7 +21,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from hpe_ray.config import Config, ConfigError, load_config
 from hpe_ray.search.results import TrialRecord, best_checkpoint, leaderboard, markdown_table
 from hpe_ray.search.space import SearchSettings, edge_points, load_space, parse_distribution, trial_config
-from hpe_ray.search.tune import max_concurrent_trials, space_resources, trial_resources
+from hpe_ray.search.tune import fits_one_node, max_concurrent_trials, space_resources, trial_resources
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -414,6 +414,16 @@ def test_ray_job_submit_runs_the_search(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
     board = pd.read_csv(tmp_path / "runs" / "submitted" / "leaderboard.csv")
     assert len(board) == 2 and board["val_mpjpe"].notna().all()
+
+
+def test_a_trial_must_fit_on_one_node_not_only_in_the_cluster():
+    """Two 1-CPU nodes hold 2 CPUs, but not a 2-CPU trial (found in the two-node SLURM test:
+    such a search waited forever, so `tune` now warns)."""
+    two_small = [{"CPU": 1.0, "memory": 1e9}, {"CPU": 1.0}]
+    assert not fits_one_node({"CPU": 2.0, "GPU": 0.0}, two_small)
+    assert fits_one_node({"CPU": 1.0, "GPU": 0.0}, two_small)
+    assert not fits_one_node({"CPU": 1.0, "GPU": 1.0}, two_small + [{"CPU": 0.5, "GPU": 1.0}])
+    assert fits_one_node({"CPU": 1.0, "GPU": 1.0}, two_small + [{"CPU": 4.0, "GPU": 2.0}])
 
 
 def test_one_worker_spaces_train_in_the_trial_process(tmp_path):

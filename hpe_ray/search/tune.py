@@ -27,6 +27,8 @@ from hpe_ray.search.space import (ASHA_METRIC, MODE, SEARCH_INFO, SEARCH_METRIC,
                                   SearchSettings, SearchSpace, edge_points, load_space, max_epochs, trial_config)
 from hpe_ray.search.study import open_study_storage, shown_url, study_storage_url
 
+logger = logging.getLogger(__name__)
+
 TRAIN_RUNS = "train_runs"
 """The Ray Train runs of the trials, in the experiment directory."""
 
@@ -48,6 +50,16 @@ def max_concurrent_trials(available: dict[str, float], per_trial: dict[str, floa
     fits = [math.floor(available.get(name, 0.0) / need + 1e-9)
             for name, need in per_trial.items() if need > 0]
     return max(1, min(fits, default=1))
+
+
+def fits_one_node(per_trial: dict[str, float], nodes: list[dict[str, float]]) -> bool:
+    """Whether some node's resources hold a trial's whole request (Tune places it on one node).
+
+    >>> fits_one_node({"CPU": 2, "GPU": 0}, [{"CPU": 1}, {"CPU": 1}])
+    False
+    """
+    return any(all(node.get(name, 0.0) + 1e-9 >= need for name, need in per_trial.items() if need > 0)
+               for node in nodes)
 
 
 def space_resources(space: SearchSpace) -> dict[str, float]:
@@ -177,6 +189,11 @@ def _new_tuner(space: SearchSpace, data_dir: Path, experiment_dir: Path, num_sam
     concurrent = (max_concurrent_trials(ray.available_resources(), per_trial)
                   if settings.max_concurrent == "auto" else settings.max_concurrent)
     where = "in their own processes" if in_process(space) else "as Ray Train runs"
+    on_one_node = per_trial if in_process(space) else {"CPU": settings.trial_cpus}
+    if not fits_one_node(on_one_node, [n["Resources"] for n in ray.nodes() if n["Alive"]]):
+        # A warning, not an error: an autoscaling cluster may still add such a node.
+        logger.warning("no node of this Ray cluster holds one trial (%s): its trials wait until one joins; lower "
+                       "search_settings.trial_cpus or scaling.cpus_per_worker", on_one_node)
     print(f"search {experiment_dir.name}: {num_samples} trials {where}, {settings.sampler} + {settings.scheduler}, "
           f"{concurrent} at a time ({per_trial['CPU']:g} CPU, {per_trial['GPU']:g} GPU each)")
     searcher = OptunaSearch(space=space.params, metric=SEARCH_METRIC, mode=MODE,
