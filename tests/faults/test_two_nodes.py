@@ -382,8 +382,13 @@ def test_a_lost_node_during_a_search_restarts_only_its_trial_from_its_checkpoint
         assert len(pids) == 1, trial
     assert len(list(runs.glob("train-*"))) == trials
     assert all(_newest(r) == SEARCH_EPOCHS for r in runs.glob("train-*"))
-    for name, files in finished.items():  # finished before the loss: not touched since
-        assert {p: p.read_bytes() for p in sorted((runs / name).rglob("*")) if p.is_file()} == files, name
+    for name, files in finished.items():  # finished before the loss: nothing rewritten since
+        now = {p: p.read_bytes() for p in sorted((runs / name).rglob("*")) if p.is_file()}
+        assert now.keys() == files.keys(), name
+        # A finished trial's TensorBoard writer may still append its last events as it closes
+        # (after the last checkpoint appeared): an events file may only have grown.
+        assert all(now[p] == data if "tfevents" not in p.name else now[p].startswith(data)
+                   for p, data in files.items()), name
     study = optuna.load_study(study_name="two", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert len(study.trials) == trials
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
