@@ -64,7 +64,7 @@ from hpe_ray.config import Config, load_config  # noqa: E402
 from hpe_ray.data.batch import images_to_model_range, pose_batch  # noqa: E402
 from hpe_ray.data.shards import IMAGE_FIELD, load_manifest  # noqa: E402
 from hpe_ray.data.stream import load_pose_arrays, load_stats, make_loader  # noqa: E402
-from hpe_ray.data.tar_index import index_path  # noqa: E402
+from hpe_ray.data.tar_index import read_member_index  # noqa: E402
 from hpe_ray.models import best_of_k_loss, build_model, pair_loss  # noqa: E402
 from hpe_ray.training.data import to_device  # noqa: E402
 from hpe_ray.training.loop import Trainer, train_epoch  # noqa: E402
@@ -298,7 +298,7 @@ DECODERS = {"PIL": _decode_pil, "torchvision": _decode_torchvision}
 def _jpegs(data_dir: Path, read: str = "offsets"):
     """JPEG bytes of every train sample, shard after shard, forever; other members skipped.
     read="tarfile": tarfile parses every header; "offsets": a seek and a read each at the offsets
-    of the shard's index (`S.tar.idx`), no header parsed or checked."""
+    of the shard's index (`tar_index.read_member_index`), no header parsed or checked."""
     shards = [data_dir / name for name in load_manifest(data_dir)["splits"]["train"]["shards"]]
     while True:
         for shard in shards:
@@ -309,7 +309,7 @@ def _jpegs(data_dir: Path, read: str = "offsets"):
                             yield tar.extractfile(member).read()
                 continue
             with open(shard, "rb", buffering=0) as file:
-                for name, offset, size in json.loads(index_path(shard).read_text())["members"]:
+                for name, offset, size in read_member_index(shard):
                     if name.endswith("." + IMAGE_FIELD):
                         file.seek(offset)
                         yield file.read(size)
