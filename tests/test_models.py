@@ -20,6 +20,7 @@ from hpe_ray.models import (
     pair_loss,
     reprojection_loss,
 )
+from hpe_ray.models.vae import hypothesis_noise
 
 ALL_ENCODERS = {"pose2d", "rgb"}
 ALL_DECODERS = {"pose3d", "pose2d", "rgb"}
@@ -376,6 +377,35 @@ def test_sampling_noise_stays_in_the_first_sample_dims_scaled_by_the_temperature
     assert CrossModalVAE(latent_dim=6, hidden=16, blocks=1, sample_dims=6).sample_dims is None
     with pytest.raises(ValueError, match="sample_dims"):
         CrossModalVAE(latent_dim=6, hidden=16, blocks=1, sample_dims=0)
+
+
+def test_hypothesis_noise_is_antithetic_pairs_along_orthogonal_directions():
+    torch.manual_seed(0)
+    noise = hypothesis_noise(4, 7, 3)  # 4 pairs in 3 dims: a second block of directions; K odd
+    assert noise.shape == (4, 7, 3)
+    torch.testing.assert_close(noise[:, 1::2], -noise[:, 0:6:2])  # (e, -e), the pairs first
+    unit = noise[:, 0:6:2] / noise[:, 0:6:2].norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(unit @ unit.transpose(1, 2), torch.eye(3).expand(4, 3, 3), atol=1e-5, rtol=0)
+    # Each draw is still standard normal: covariance I (the pairs make the mean exactly 0).
+    many = hypothesis_noise(20000, 4, 3).flatten(0, 1)
+    torch.testing.assert_close(many.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(many.T @ many / len(many), torch.eye(3), atol=0.05, rtol=0)
+    assert hypothesis_noise(2, 0, 3).shape == (2, 0, 3)
+
+
+def test_lift_draws_its_hypotheses_from_hypothesis_noise_in_the_sample_dims():
+    model = CrossModalVAE(latent_dim=6, hidden=16, blocks=1, sample_dims=2).eval()
+    model.sample_temperature.fill_(0.5)
+    pose_2d = torch.randn(3, 16, 2)
+    with torch.no_grad():
+        torch.manual_seed(4)
+        _, samples = model.lift("pose2d", pose_2d, hypotheses=5)
+        mu, logvar = model.encode("pose2d", pose_2d)
+        torch.manual_seed(4)
+        z = mu[:, None].repeat(1, 5, 1)
+        z[..., :2] += 0.5 * hypothesis_noise(3, 5, 2) * torch.exp(0.5 * logvar[:, None, :2])
+        expected = model.decode("pose3d", z.flatten(0, 1)).view(3, 5, 16, 3)
+    torch.testing.assert_close(samples, expected)
 
 
 def test_hypotheses_are_drawn_at_the_stored_temperature_and_old_checkpoints_draw_at_one():

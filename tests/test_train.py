@@ -448,4 +448,9 @@ def test_the_sample_temperature_is_the_grid_value_with_the_lowest_best_of_k_erro
                                   ("mpjpe_best_of_k",))["mpjpe_best_of_k"].sum().item()
         errors.append(total)
     assert chosen == SAMPLE_TEMPERATURES[errors.index(min(errors))]
+    # Training fits it on samples spread over the whole split, not on its first (few) actions.
+    from hpe_ray.data.stream import load_pose_arrays
+    val = load_pose_arrays(tiny_dataset, "val")
+    spread = val_batches(loaded.cfg, loaded.stats, "pose2d", 0, 1, device, max_samples=4)()
+    assert sum((b["action"] for b in spread), []) == val.action[np.linspace(0, len(val) - 1, 4).round().astype(int)].tolist()
     assert max(errors) > min(errors)  # the spread matters: the choice is not a tie

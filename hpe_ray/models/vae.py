@@ -37,6 +37,22 @@ def _default_temperature(module: nn.Module, state_dict: dict, prefix: str, *_) -
     state_dict.setdefault(prefix + "sample_temperature", torch.ones(()))
 
 
+def hypothesis_noise(batch: int, hypotheses: int, dims: int, device: torch.device | None = None,
+                     dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(batch, K, dims) standard normal draws, K per sample, as antithetic pairs (e, -e) along
+    orthogonal directions (blocks of `dims` directions when K/2 > dims) with chi-distributed
+    lengths. Each draw is still N(0, I), but the set covers the latent evenly instead of
+    clustering, so best-of-K finds the closest body with fewer samples (orthogonal Monte Carlo);
+    the pairs come first, so the first k of K are a good set too."""
+    pairs = (hypotheses + 1) // 2
+    gaussian = torch.randn(batch, pairs, dims, device=device, dtype=torch.float32)
+    directions = torch.cat([torch.linalg.qr(gaussian[:, start:start + dims].transpose(1, 2))[0].transpose(1, 2)
+                            for start in range(0, pairs, dims)], 1) if pairs else gaussian
+    lengths = torch.randn(batch, pairs, dims, device=device).norm(dim=-1, keepdim=True)
+    draws = directions * lengths
+    return torch.stack([draws, -draws], 2).flatten(1, 2)[:, :hypotheses].to(dtype or torch.float32)
+
+
 class CrossModalVAE(nn.Module):
     """Encoders and decoders over a shared latent space of size latent_dim.
 
@@ -142,8 +158,8 @@ class CrossModalVAE(nn.Module):
         """Normalised 3D from one encoder: (mean (B, 16, 3), samples (B, K, 16, 3)).
 
         The mean decodes the latent mean; the K hypotheses decode samples of the input-conditioned
-        posterior at `sample_temperature` (a deterministic model repeats its one answer); K = 0
-        decodes the mean only.
+        posterior at `sample_temperature`, drawn as a set by `hypothesis_noise` (a deterministic
+        model repeats its one answer); K = 0 decodes the mean only.
         Gradients and train/eval mode are left to the caller.
         """
         if hypotheses < 0:
@@ -152,6 +168,9 @@ class CrossModalVAE(nn.Module):
         mean = self.decode("pose3d", mu)
         if logvar is None:
             return mean, mean[:, None].expand(-1, hypotheses, -1, -1)
+        noise = torch.zeros(len(mu), hypotheses, self.latent_dim, device=mu.device, dtype=mu.dtype)
+        dims = self.sample_dims or self.latent_dim
+        noise[..., :dims] = hypothesis_noise(len(mu), hypotheses, dims, device=mu.device, dtype=mu.dtype)
+        z = mu[:, None] + self.sample_temperature * noise * torch.exp(0.5 * logvar)[:, None]
         mu_k = mu.repeat_interleave(hypotheses, 0)
-        z = self.reparameterize(mu_k, logvar.repeat_interleave(hypotheses, 0), self.sample_temperature)
-        return mean, self.decode("pose3d", z, mu_k).view(len(mu), hypotheses, *mean.shape[1:])
+        return mean, self.decode("pose3d", z.flatten(0, 1), mu_k).view(len(mu), hypotheses, *mean.shape[1:])

@@ -112,7 +112,7 @@ def validate(model: torch.nn.Module, batches: Iterable[dict], modality: str, sta
 
 
 # Spreads tried for the hypotheses (posterior std x t) and how many validation samples choose one.
-SAMPLE_TEMPERATURES = (0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+SAMPLE_TEMPERATURES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 TEMPERATURE_SAMPLES = 1024
 
 
@@ -120,26 +120,23 @@ TEMPERATURE_SAMPLES = 1024
 def fit_sample_temperature(model: torch.nn.Module, batches: Iterable[dict], modality: str, stats: NormStats,
                            hypotheses: int, device: torch.device) -> float:
     """Set the model's `sample_temperature` to the one of SAMPLE_TEMPERATURES whose K hypotheses
-    come closest (best-of-K MPJPE) on the first TEMPERATURE_SAMPLES validation samples of every
-    rank; returns it. Training samples at 1, which spreads the hypotheses wider than best-of-K
-    wants (fewer hits near the truth). Every temperature sees the same noise (seeded per batch,
-    the training's random state left as it was), so they differ only in the spread."""
+    come closest (best-of-K MPJPE) on `batches` over all ranks (validation samples spread over
+    the split: the first ones would be a few actions only); returns it. Training samples at 1,
+    which spreads the hypotheses wider than best-of-K wants (fewer hits near the truth). Every
+    temperature sees the same noise (seeded per batch, the training's random state left as it
+    was), so they differ only in the spread."""
     model.eval()
     _broadcast_buffers(model)
     core = unwrap_model(model)
     sums = torch.zeros(len(SAMPLE_TEMPERATURES), dtype=torch.float64, device=device)
-    seen = 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for batch_index, batch in enumerate(batches):
-            if seen >= TEMPERATURE_SAMPLES:
-                break
             batch = to_device(batch, device)
             for i, temperature in enumerate(SAMPLE_TEMPERATURES):
                 core.sample_temperature.fill_(temperature)
                 torch.manual_seed(batch_index)
                 sums[i] += batch_errors(model, batch, modality, stats, hypotheses, ("mpjpe_best_of_k",))[
                     "mpjpe_best_of_k"].sum().double()
-            seen += len(batch["pose_3d_cam_mm"])
     best = SAMPLE_TEMPERATURES[int(_all_reduce_sum(sums).argmin())]
     core.sample_temperature.fill_(best)
     return best
@@ -247,6 +244,10 @@ class Trainer:
                   if rank == 0 or not streams_shards(cfg) else None)
         steps, self._train_batches = train_batches(cfg, self.stats, rank, world_size, self.device, arrays)
         self.val_batches = val_batches(cfg, self.stats, self.modality, rank, world_size, self.device)
+        fits_temperature = (cfg.train.fit_sample_temperature and not cfg.model.deterministic
+                            and cfg.train.eval_hypotheses > 1)
+        self.temperature_batches = (val_batches(cfg, self.stats, self.modality, rank, world_size, self.device,
+                                                max_samples=TEMPERATURE_SAMPLES) if fits_temperature else None)
 
         model = build_model(cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -278,9 +279,9 @@ class Trainer:
             train_metrics, self.global_step = train_epoch(self.model, self.optimizer, self._train_batches(self.epoch),
                                                           cfg, self.stats, self.beta_at, self.global_step, self.device)
             self.scheduler.step()
-            if cfg.train.fit_sample_temperature and not cfg.model.deterministic and cfg.train.eval_hypotheses > 1:
+            if self.temperature_batches:
                 train_metrics["sample_temperature"] = fit_sample_temperature(
-                    self.model, self.val_batches(), self.modality, self.stats, cfg.train.eval_hypotheses, self.device)
+                    self.model, self.temperature_batches(), self.modality, self.stats, cfg.train.eval_hypotheses, self.device)
             validation = validate(self.model, self.val_batches(), self.modality, self.stats,
                                   cfg.train.eval_hypotheses, self.device)
         except NonFiniteError as err:
