@@ -27,7 +27,7 @@ import ray.train.torch
 
 from hpe_ray.config import Config, absolute_paths, config_from_dict
 from hpe_ray.training.checkpoint import (latest_checkpoint_state, prune_checkpoints, read_checkpoint_state,
-                                         run_checkpoints)
+                                         run_checkpoints, set_aside_unreadable)
 from hpe_ray.training.data import verify_training_data
 from hpe_ray.training.loop import Trainer, log_epoch
 from hpe_ray.training.tensorboard import EpochWriter
@@ -36,6 +36,7 @@ from hpe_ray.training.tensorboard import EpochWriter
 # that times out (e.g. resources that never free up) is retried at most run.max_failures times
 # (FailureConfig.controller_failure_limit; Ray's default retries forever).
 WORKER_GROUP_START_TIMEOUT_S = "300"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,8 @@ def run_training(cfg: Config, *, resume: bool = True) -> ray.train.Result:
     run_name = cfg.run.name
     if not resume and (storage / run_name).exists():
         run_name = f"{run_name}-restart-{datetime.now():%Y%m%d-%H%M%S}"
+    if moved := set_aside_unreadable(storage / run_name):
+        _forget_in_ray_snapshot(storage / run_name, {path.name for path in moved})
     trainer = make_trainer(cfg, run_name=run_name, storage_path=storage)
     result = None
     if not ray.is_initialized():
@@ -185,6 +188,9 @@ def run_training(cfg: Config, *, resume: bool = True) -> ray.train.Result:
                 received.append(signal.SIGINT)
         except ray.train.TrainingFailedError as err:  # FailureConfig's retries are spent
             failure = err
+    # An interrupted attempt may have left checkpoints Ray's list never took in (so never pruned);
+    # Ray's own list (and its latest) stays, since Ray refuses to resume without its folders.
+    prune_checkpoints(storage / run_name, cfg.run.checkpoints_to_keep, protected=_ray_checkpoint_names(storage / run_name))
     done = run_checkpoints(storage / run_name)
     epoch = int(done[-1][0].get("epoch", 0)) if done else 0
     if failure is not None or received or result is None or epoch < cfg.train.epochs:
@@ -197,14 +203,38 @@ def run_training(cfg: Config, *, resume: bool = True) -> ray.train.Result:
                              f"{cause}; run the same command to continue from it", 1) from failure
         raise RunStopped(f"run {storage / run_name} interrupted {where}; run the same command to "
                          "continue from it", 128 + (received[0] if received else signal.SIGINT))
-    # An interrupted attempt may have left checkpoints Ray's list never took in (so never pruned).
-    prune_checkpoints(storage / run_name, cfg.run.checkpoints_to_keep, protected=_ray_checkpoint_names(storage / run_name))
     return result
+
+
+def _forget_in_ray_snapshot(run_dir: Path, names: set[str]) -> None:
+    """Drop checkpoint folders set aside from Ray Train's checkpoint list: Ray refuses to resume
+    a run whose list names a missing folder, and would rank them by their metrics."""
+    snapshot = run_dir / RAY_SNAPSHOT
+    if not snapshot.is_file():
+        return
+    state = json.loads(snapshot.read_text())
+    kept = [i for i, r in enumerate(state["checkpoint_results"]) if r["checkpoint_dir_name"] not in names]
+    indices = state["checkpoint_report_indices"]
+    state["checkpoint_results"] = [state["checkpoint_results"][i] for i in kept]
+    state["checkpoint_report_indices"] = [indices[i] for i in kept]
+    if (state.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name") in names:
+        newest = max(range(len(kept)), key=lambda j: state["checkpoint_report_indices"][j], default=None)
+        state["latest_checkpoint_result"] = None if newest is None else state["checkpoint_results"][newest]
+    pending = [(r, v) for r, v in zip(state.get("pending_training_results", []),
+                                      state.get("pending_validation_specs", [])) if r["checkpoint_dir_name"] not in names]
+    state["pending_training_results"], state["pending_validation_specs"] = [r for r, _ in pending], [v for _, v in pending]
+    for key in ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
+                "failed_validation_checkpoint_dir_names"):
+        if key in state:
+            state[key] = [name for name in state[key] if name not in names]
+    partial = snapshot.with_name(snapshot.name + ".partial")
+    partial.write_text(json.dumps(state))
+    os.replace(partial, snapshot)
 
 
 def _ray_checkpoint_names(run_dir: Path) -> frozenset[str]:
     """The checkpoint folders Ray Train's checkpoint list holds (it prunes those itself)."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    snapshot = run_dir / RAY_SNAPSHOT
     if not snapshot.is_file():
         return frozenset()
     return frozenset(entry["checkpoint_dir_name"] for entry in json.loads(snapshot.read_text())["checkpoint_results"])

@@ -454,3 +454,45 @@ def test_the_sample_temperature_is_the_grid_value_with_the_lowest_best_of_k_erro
     spread = val_batches(loaded.cfg, loaded.stats, "pose2d", 0, 1, device, max_samples=4)()
     assert sum((b["action"] for b in spread), []) == val.action[np.linspace(0, len(val) - 1, 4).round().astype(int)].tolist()
     assert max(errors) > min(errors)  # the spread matters: the choice is not a tie
+
+
+def test_an_unreadable_checkpoint_is_set_aside_so_resume_prune_and_best_skip_it(tiny_dataset, tmp_path):
+    """Found by the fault suite: a damaged checkpoint left in place ranked among the best by its
+    metrics, pruning removed good ones, and a second damage left nothing to resume from."""
+    from hpe_ray.training.checkpoint import run_checkpoints, set_aside_unreadable
+    from hpe_ray.training.loop import fit
+
+    run = tmp_path / "run"
+    checkpoint = train_tiny_checkpoint(tiny_dataset, run, steps=5, epochs=3,
+                                       overrides={"run.checkpoints_to_keep": 3})
+    assert [int(m["epoch"]) for m, _ in run_checkpoints(run)] == [1, 2, 3]
+    checkpoint.write_bytes(b"not a checkpoint")
+    assert best_checkpoint_dir(run) in {d for _, d in run_checkpoints(run)}
+    moved = set_aside_unreadable(run)
+    assert moved == [run / "unreadable" / checkpoint.parent.name]
+    assert (moved[0] / CHECKPOINT_FILE).read_bytes() == b"not a checkpoint"  # kept for inspection
+    assert [int(m["epoch"]) for m, _ in run_checkpoints(run)] == [1, 2]
+    assert set_aside_unreadable(run) == []
+    cfg = load_checkpoint(run / "checkpoint_epoch_0002").cfg
+    fit(cfg, run)  # resumes at 2 and writes epoch 3 again
+    assert [int(m["epoch"]) for m, _ in run_checkpoints(run)] == [1, 2, 3]
+
+
+def test_checkpoints_set_aside_are_dropped_from_ray_trains_list(tmp_path):
+    """Ray refuses to resume a run whose checkpoint list names a missing folder."""
+    from hpe_ray.distributed import RAY_SNAPSHOT, _forget_in_ray_snapshot
+
+    def entry(name: str) -> dict:
+        return {"version": 0, "checkpoint_dir_name": name, "metrics": {"val_mpjpe": 1.0}}
+
+    (tmp_path / RAY_SNAPSHOT).write_text(json.dumps({
+        "checkpoint_results": [entry("a"), entry("b"), entry("c")], "checkpoint_report_indices": [1, 3, 5],
+        "latest_checkpoint_result": entry("c"), "pending_training_results": [entry("c")],
+        "pending_validation_specs": [None], "current_report_index": 6, "validated_checkpoint_dir_names": ["a", "c"]}))
+    _forget_in_ray_snapshot(tmp_path, {"c"})
+    state = json.loads((tmp_path / RAY_SNAPSHOT).read_text())
+    assert [r["checkpoint_dir_name"] for r in state["checkpoint_results"]] == ["a", "b"]
+    assert state["checkpoint_report_indices"] == [1, 3]
+    assert state["latest_checkpoint_result"]["checkpoint_dir_name"] == "b"  # the newest reported that is left
+    assert state["pending_training_results"] == [] and state["pending_validation_specs"] == []
+    assert state["validated_checkpoint_dir_names"] == ["a"] and state["current_report_index"] == 6

@@ -32,6 +32,7 @@ from hpe_ray.normalization import NormStats
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
+UNREADABLE_DIR = "unreadable"  # where set_aside_unreadable moves checkpoints that do not load
 RANKING_METRIC = "val_mpjpe"
 
 logger = logging.getLogger(__name__)
@@ -181,8 +182,29 @@ def latest_checkpoint_state(run_dir: str | Path, map_location: str | torch.devic
         try:
             return read_checkpoint_state(directory, map_location), directory
         except ValueError as err:
-            logger.warning("%s: skipped, resuming from an earlier checkpoint", err)
+            logger.warning("%s: skipped; resuming from an earlier checkpoint", err)
     return None
+
+
+def set_aside_unreadable(run_dir: str | Path) -> list[Path]:
+    """Move each complete-looking checkpoint of a run whose checkpoint.pt does not load into
+    run_dir/unreadable/ (a warning names both), and return the new paths. Kept for inspection,
+    but no longer taken for a good checkpoint: by its metrics pruning would keep it as one of the
+    best and delete good ones, and best_checkpoint_dir could pick it. Call it once per run
+    start, in one process (ranks read concurrently)."""
+    moved = []
+    for _, directory in run_checkpoints(run_dir):
+        try:
+            read_checkpoint_state(directory)
+        except ValueError as err:
+            target = Path(run_dir) / UNREADABLE_DIR / directory.name
+            if target.exists():  # the same epoch folder set aside before (fit's names repeat)
+                target = target.with_name(f"{target.name}-{len(list(target.parent.iterdir()))}")
+            target.parent.mkdir(exist_ok=True)
+            directory.rename(target)
+            logger.warning("%s: set aside as %s; resuming from an earlier checkpoint", err, target)
+            moved.append(target)
+    return moved
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int, protected: frozenset[str] = frozenset()) -> None:

@@ -28,7 +28,8 @@ from hpe_ray.metrics import POSE_ERRORS, pose_errors
 from hpe_ray.models import (BATCH_KEY, DEFAULT_RECON_KIND, best_of_k_loss, build_model, make_beta_schedule,
                             pair_loss, predict_pose_3d_mm, reprojection_loss, unwrap_model)
 from hpe_ray.normalization import NormStats, denormalize_3d
-from hpe_ray.training.checkpoint import latest_checkpoint_state, prune_checkpoints, save_checkpoint
+from hpe_ray.training.checkpoint import (latest_checkpoint_state, prune_checkpoints, save_checkpoint,
+                                         set_aside_unreadable)
 from hpe_ray.training.data import streams_shards, to_device, train_batches, val_batches
 from hpe_ray.training.tensorboard import EpochWriter
 
@@ -320,6 +321,7 @@ def fit(cfg: Config, run_dir: str | Path, *, device: torch.device | str = "cpu",
     checkpoint_dir) is called after each epoch's checkpoint is written (e.g. to report to Ray Tune).
     """
     run_dir = Path(run_dir)
+    set_aside_unreadable(run_dir)
     latest = latest_checkpoint_state(run_dir, map_location=device)
     if latest is not None:
         logger.info("resuming from %s (epoch %d)", latest[1], latest[0]["epoch"])

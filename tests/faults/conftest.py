@@ -43,17 +43,18 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def fault(request):
-    """Describe the fault with `fault.describe(...)`, then `fault.recovered(result, seconds)`."""
-    holder: dict[str, Fault] = {}
+    """`row = fault(name, injected, promise)`, then `row.recovered(result, seconds)`. A test that
+    injects several faults into one run (to pay Ray's start-up once) describes one row each; a
+    row whose fault was not reached before a failure reads FAILED with the rest."""
+    rows: list[Fault] = []
 
     def describe(name: str, injected: str, promise: str) -> Fault:
-        holder["row"] = Fault(name, injected, promise)
-        return holder["row"]
+        rows.append(Fault(name, injected, promise))
+        return rows[-1]
 
     yield describe
-    row = holder.get("row")
-    if row is not None:
-        passed = getattr(request.node, "fault_passed", False)
+    passed = getattr(request.node, "fault_passed", False)
+    for row in rows:
         _ROWS.append({"test": request.node.name, "fault": row.fault, "injected": row.injected, "promise": row.promise,
                       "result": row.result if passed else "FAILED (see the test output)",
                       "recover_s": row.recover_s, "survived": passed})

@@ -34,48 +34,58 @@ def _finished(experiment: Path) -> dict[str, bytes]:
             for t in load_trials(experiment) if t.status in ("complete", "stopped early")}
 
 
-@pytest.mark.parametrize("stage", ["during a trial", "between trials"])
-def test_an_interrupted_search_exits_unfinished_and_resumes_keeping_finished_trials(tmp_path, fault_data, fault,
-                                                                                      stage):
-    row = fault(f"`tune` interrupted {stage}", f"SIGINT to the driver {stage} (the second trial's run folder "
-                + ("holds a checkpoint)" if stage == "during a trial" else "has just appeared)"),
-                "exit 3 (unfinished, saved); `--resume` finishes the budget, keeps every finished trial's "
-                "results byte for byte, and the stored Optuna study holds each trial once")
+PROMISE = ("exit 3 (unfinished, saved); `--resume` finishes the budget, keeps every finished trial's results "
+           "byte for byte, and the stored Optuna study holds each trial once")
+
+
+def test_an_interrupted_search_exits_unfinished_and_resumes_keeping_finished_trials(tmp_path, fault_data, fault):
+    """One search of 3 trials interrupted twice (Ray paid once per start, not per fault): during
+    the second trial, then, resumed, between trials; resumed again, it finishes."""
+    stages = {"during a trial": fault("`tune` interrupted during a trial", "SIGINT to the driver during a trial "
+                                      "(the second trial's run folder holds a checkpoint)", PROMISE),
+              "between trials": fault("`tune` interrupted between trials", "SIGINT to the resumed driver between "
+                                      "trials (the third trial's run folder has just appeared)", PROMISE)}
     experiment = tmp_path / "runs" / "faulty"
     args = ["tune", "--space", str(_space(tmp_path, fault_data)), "--data", str(fault_data),
             "--storage", str(tmp_path / "runs"), "--name", "faulty", "--resume"]
-    search = start_hpe(*args, cwd=tmp_path)
     runs = experiment / "train_runs"
 
-    def second_trial_reached() -> bool:
-        folders = sorted(runs.glob("train-*"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
-        if len(folders) < 2:
-            return False
-        return stage == "between trials" or any(folders[1].glob("checkpoint_epoch_*/metrics.json"))
+    def trial_folders() -> list[Path]:
+        return sorted(runs.glob("train-*"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
 
-    try:
-        wait_for(second_trial_reached, search, "the second trial")
-        search.send_signal(signal.SIGINT)
-        output = search.communicate(timeout=180)[0]
-    finally:
-        search.kill()
-    assert search.returncode == 3, output[-4000:]
-    assert "the search is unfinished: run it again with --resume to continue" in output
-    before = _finished(experiment)
-    assert 1 <= len(before) < 3
+    reached = {"during a trial": lambda: len(trial_folders()) >= 2 and any(
+                   trial_folders()[1].glob("checkpoint_epoch_*/metrics.json")),
+               "between trials": lambda: len(trial_folders()) >= 3}
+    kept, started = {}, None
+    for stage, row in stages.items():
+        search = start_hpe(*args, cwd=tmp_path)
+        try:
+            wait_for(reached[stage], search, stage)
+            search.send_signal(signal.SIGINT)
+            output = search.communicate(timeout=180)[0]
+        finally:
+            search.kill()
+        assert search.returncode == 3, output[-4000:]
+        assert "the search is unfinished: run it again with --resume to continue" in output
+        finished = _finished(experiment)
+        assert all(finished[path] == text for path, text in kept.items())  # earlier finished trials untouched
+        assert 1 <= len(finished) < 3, finished.keys()
+        if started is not None:  # this run was the resumed one: the previous stage recovered in it
+            stages["during a trial"].recovered(f"survived: {len(kept)} finished trial(s) kept, the resumed search "
+                                               "went on to the next trial", time.monotonic() - started)
+        kept, started = finished, time.monotonic()
 
-    started = time.monotonic()
     resumed = hpe(*args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
     board = pd.read_csv(experiment / "leaderboard.csv")
     assert len(board) == 3 and board["trial_id"].is_unique and board["val_mpjpe"].notna().all()
     after = _finished(experiment)
-    assert all(after[path] == text for path, text in before.items())
+    assert all(after[path] == text for path, text in kept.items())
     study = optuna.load_study(study_name="faulty", storage=f"sqlite:///{experiment / 'optuna.db'}")
     values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(values) == pytest.approx(sorted(board["val_mpjpe"]))
-    row.recovered(f"survived: {len(before)} finished trial(s) kept, 3 of 3 after --resume",
-                  time.monotonic() - started)
+    stages["between trials"].recovered(f"survived: {len(kept)} finished trial(s) kept, 3 of 3 after --resume",
+                                       time.monotonic() - started)
 
 
 def test_a_second_search_on_the_same_folder_is_refused(tmp_path, fault_data, fault):
