@@ -48,6 +48,8 @@ VARIANTS: dict[str, dict] = {
     "mtpe16-g1r3": {**AGGRESSIVE_ASHA, "multivariate": True},
     # ASHA's one cut at epoch 2 (epoch-2 errors rank trials as epoch 6 does, epoch 1's do not), keeping the best third
     "tpe16-g2r3": {**AGGRESSIVE_ASHA, "grace_period": 2},
+    # the demo's 8 trials with that cut: every trial 2 epochs, the best third on to 6 (about 27 trial-epochs)
+    "tpe8-g2r3": {"sampler": "tpe", "scheduler": "asha", "grace_period": 2, "reduction_factor": 3},
 }
 
 
