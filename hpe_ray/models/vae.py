@@ -112,11 +112,12 @@ class CrossModalVAE(nn.Module):
             raise ValueError(f"this model has no {modality!r} encoder (it has {list(self.encoders)})")
         return self.encoders[modality](x)
 
-    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, temperature: float | torch.Tensor = 1.0
-                       ) -> torch.Tensor:
+    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, temperature: float | torch.Tensor = 1.0,
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
         """A sample z ~ N(mu, temperature^2 exp(logvar)) in the first `sample_dims` dims (mu in the
-        others), differentiable in mu and logvar; (..., D)."""
-        noise = torch.randn_like(mu)
+        others), differentiable in mu and logvar; (..., D). noise: the standard normal draw to
+        use (default: a fresh one)."""
+        noise = torch.randn_like(mu) if noise is None else noise.clone()
         if self.sample_dims is not None:
             noise[..., self.sample_dims:] = 0
         return mu + temperature * noise * torch.exp(0.5 * logvar)
@@ -168,9 +169,10 @@ class CrossModalVAE(nn.Module):
         mean = self.decode("pose3d", mu)
         if logvar is None:
             return mean, mean[:, None].expand(-1, hypotheses, -1, -1)
-        noise = torch.zeros(len(mu), hypotheses, self.latent_dim, device=mu.device, dtype=mu.dtype)
         dims = self.sample_dims or self.latent_dim
-        noise[..., :dims] = hypothesis_noise(len(mu), hypotheses, dims, device=mu.device, dtype=mu.dtype)
-        z = mu[:, None] + self.sample_temperature * noise * torch.exp(0.5 * logvar)[:, None]
+        noise = nn.functional.pad(hypothesis_noise(len(mu), hypotheses, dims, device=mu.device, dtype=mu.dtype),
+                                  (0, self.latent_dim - dims))
         mu_k = mu.repeat_interleave(hypotheses, 0)
-        return mean, self.decode("pose3d", z.flatten(0, 1), mu_k).view(len(mu), hypotheses, *mean.shape[1:])
+        z = self.reparameterize(mu_k, logvar.repeat_interleave(hypotheses, 0), self.sample_temperature,
+                                noise.flatten(0, 1))
+        return mean, self.decode("pose3d", z, mu_k).view(len(mu), hypotheses, *mean.shape[1:])

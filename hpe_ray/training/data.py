@@ -122,8 +122,8 @@ def val_batches(cfg: Config, stats: NormStats, modality: str, rank: int, world_s
     """() -> this rank's share of the val split, capped at about train.val_max_samples overall,
     or at max_samples when that is lower (poses: evenly spaced samples; images: the first
     batches in shard order)."""
-    cap = min(c for c in (cfg.train.val_max_samples, max_samples, math.inf) if c is not None)
-    cap = None if cap == math.inf else cap
+    caps = [c for c in (cfg.train.val_max_samples, max_samples) if c is not None]
+    cap = min(caps) if caps else None
     if modality == "rgb":
         loader = eval_loader(cfg, stats, "val", cfg.data.dir, rank=rank, world_size=world_size, verify=False)
         max_batches = math.ceil(cap / (world_size * cfg.train.batch_size)) if cap else None
