@@ -461,3 +461,45 @@ def test_an_index_that_does_not_fit_its_shard_is_passed_over_with_a_warning(data
     assert report["train"]["samples"] < 23
     list(_eval_loader(dataset, verify=False, on_error="skip"))
     assert "train-000002.tar.idx is for a" in caplog.text and "reading the tar without it" in caplog.text
+
+
+def _jpeg(height: int, width: int, **save) -> bytes:
+    gradient = np.linspace(0, 255, height * width * 3).reshape(height, width, 3).astype(np.uint8)
+    out = io.BytesIO()
+    PIL.Image.fromarray(gradient).save(out, "JPEG", quality=90, **save)
+    return out.getvalue()
+
+
+def test_jpeg_size_reads_the_frame_header():
+    assert stream.jpeg_size(_jpeg(24, 40)) == (24, 40)
+    assert stream.jpeg_size(_jpeg(256, 96, progressive=True)) == (256, 96)
+    assert stream.jpeg_size(b"\xff\xd8\xff") is None  # cut inside the first segment
+    assert stream.jpeg_size(b"not a jpeg at all") is None
+
+
+def test_a_jpeg_stored_larger_is_decoded_once_by_pils_draft_not_by_torchvision(monkeypatch):
+    import torchvision.io
+
+    data = _jpeg(256, 256)
+    with PIL.Image.open(io.BytesIO(data)) as full:
+        expected = np.asarray(full.convert("RGB").resize((64, 64), PIL.Image.Resampling.BILINEAR), dtype=float)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torchvision decoded a JPEG stored at another size")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", refuse)
+    image = stream.decode_jpeg(data, 64)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert np.abs(image - expected).mean() < 4  # draft (1/4 scale) vs full decode + resize: a few levels
+    with pytest.raises(ValueError, match="JPEG undecodable"):
+        stream.decode_jpeg(data[: len(data) // 3], 64)
+
+
+def test_a_jpeg_stored_at_the_size_goes_through_torchvision(monkeypatch):
+    import torchvision.io
+
+    calls = []
+    original = torchvision.io.decode_jpeg
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert stream.decode_jpeg(_jpeg(64, 64), 64).shape == (64, 64, 3)
+    assert calls == [1]

@@ -126,27 +126,53 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 
+# Start-of-frame markers (baseline, progressive, ...): the segment that holds the image size.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of a JPEG from its start-of-frame header, without decoding; None when
+    the bytes hold no readable frame header (the decoder then says what is wrong)."""
+    at = 2 if data[:2] == b"\xff\xd8" else len(data)
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker, length = data[at + 1], int.from_bytes(data[at + 2:at + 4], "big")
+        if marker in _JPEG_SOF:
+            return int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 7:at + 9], "big")
+        at += 2 + length
+    return None
+
+
 def decode_jpeg(data: bytes, image_size: int | None = None) -> np.ndarray:
     """JPEG bytes -> (H, W, 3) uint8, resized to (image_size, image_size) when it differs.
 
-    torchvision's decoder first (about 2-4x less CPU than PIL's open + convert on crops); a crop of
-    another size goes through PIL, whose draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale.
+    The fastest decoder per size, chosen from the header: a JPEG stored at image_size goes
+    through torchvision's decoder (about 3x less CPU than PIL at 64 px); one stored larger
+    through PIL, whose draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale, then a resize.
     """
     from torchvision.io import ImageReadMode
     from torchvision.io import decode_jpeg as torch_decode_jpeg
 
+    if image_size is None or jpeg_size(data) in (None, (image_size, image_size)):
+        try:
+            image = torch_decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError as err:  # a corrupt JPEG: the caller names the sample
+            raise ValueError(f"JPEG undecodable: {_first_line(err)}") from None
+        if image_size is None or image.shape[1:] == (image_size, image_size):
+            return image.permute(1, 2, 0).numpy()
     try:
-        image = torch_decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as err:  # a corrupt JPEG: the caller names the sample
-        raise ValueError(f"JPEG undecodable: {str(err).strip().splitlines()[0] if str(err).strip() else err}") from None
-    if image_size is None or image.shape[1:] == (image_size, image_size):
-        return image.permute(1, 2, 0).numpy()
-    with Image.open(io.BytesIO(data)) as pil_image:
-        pil_image.draft("RGB", (image_size, image_size))
-        pil_image = pil_image.convert("RGB")
-        if pil_image.size != (image_size, image_size):
-            pil_image = pil_image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        return np.asarray(pil_image)
+        with Image.open(io.BytesIO(data)) as pil_image:
+            pil_image.draft("RGB", (image_size, image_size))
+            pil_image = pil_image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"JPEG undecodable: {_first_line(err)}") from None
+    if pil_image.size != (image_size, image_size):
+        pil_image = pil_image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(pil_image)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------- whole shards with tarfile

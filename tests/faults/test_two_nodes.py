@@ -23,6 +23,10 @@ pytestmark = pytest.mark.slow
 RUN = "fault"
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(PYTHON).parent / "ray")
+# The GCS marks a node dead after 5 failed health checks 1 s apart (Ray's default: 3 s apart,
+# about 18 s here); a killed raylet refuses at once, a busy one has 10 s to answer each check.
+HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
+                "RAY_health_check_timeout_ms": "10000"}
 
 
 def job_ports(job_id: int) -> dict[str, int]:
@@ -77,6 +81,7 @@ class TwoNodes:
         self.address = f"127.0.0.1:{head['gcs']}"
         self.env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
         self.nodes: list[subprocess.Popen] = []
+        self.killed: list[subprocess.Popen] = []
         self.temp_dirs: list[str] = []
         self.second: subprocess.Popen | None = None
         subprocess.run([RAY, "get-auth-token", "--generate"], env=self.env, capture_output=True, check=True)
@@ -93,7 +98,7 @@ class TwoNodes:
                      f"--metrics-export-port={ports['metrics']}"]
         # No 30 s drain when the test stops the node (Ray 2.60's default on SIGTERM); its own
         # session, so that the node's processes are the tree under it.
-        env = {**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+        env = {**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **HEALTH_CHECK}
         with open(self.log_dir / f"{name}.log", "ab") as log:
             process = subprocess.Popen([RAY, "start", *args, *node_args], env=env, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
@@ -110,7 +115,7 @@ class TwoNodes:
     def start_second(self, name: str = "second") -> None:
         """The second node (again: a fresh temp dir, the same ports), with resource node2."""
         self.second = self._start([f"--address={self.address}", '--resources={"node2": 1}'], self.ports[1],
-                                  f"/tmp/ray_{self.job + 1}{'' if name == 'second' else 'b'}", name)
+                                  f"/tmp/ray_{self.job + 1}_{len(self.killed)}", name)
 
     def active(self) -> int:
         """Alive nodes, as slurm/ray_cluster.sh counts them."""
@@ -122,13 +127,11 @@ class TwoNodes:
     def wait_active(self, count: int, timeout: float = 120) -> float:
         started = time.monotonic()
         while (active := self.active()) != count:
-            dead = [p for p in self.nodes if p.poll() is not None and p is not self._killed]
+            dead = [p for p in self.nodes if p.poll() is not None and p not in self.killed]
             assert not dead, f"a Ray node exited while starting; see the *.log files in {self.log_dir}"
             assert time.monotonic() - started < timeout, f"{active} of {count} Ray nodes after {timeout} s"
             time.sleep(1)
         return time.monotonic() - started
-
-    _killed: subprocess.Popen | None = None
 
     def kill_second(self) -> list[str]:
         """SIGKILL to every process of the second node at once (as when its machine goes down);
@@ -147,7 +150,8 @@ class TwoNodes:
             except ProcessLookupError:
                 pass
         self.second.wait(timeout=30)
-        self._killed, self.second = self.second, None
+        self.killed.append(self.second)
+        self.second = None
         return names
 
     def processes_of_second(self) -> list[int]:
@@ -174,17 +178,24 @@ class TwoNodes:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def two_nodes(tmp_path):
-    """A head and a second node, both alive (about 20 s to start)."""
-    cluster = TwoNodes(tmp_path)
+@pytest.fixture(scope="module")
+def _cluster(tmp_path_factory):
+    """The module's head (about 12 s to start); the tests share it."""
+    cluster = TwoNodes(tmp_path_factory.mktemp("two-nodes"))
     try:
         cluster.start_head()
-        cluster.start_second()
-        cluster.wait_active(2)
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def two_nodes(_cluster):
+    """The head and a second node, both alive: the replacement a previous test left, or a new one."""
+    if _cluster.second is None:
+        _cluster.start_second()
+    _cluster.wait_active(2)
+    return _cluster
 
 
 def _start(args: list[str], cluster: TwoNodes, cwd: Path, log_name: str = "", **env: str
