@@ -456,6 +456,25 @@ def test_the_sample_temperature_is_the_grid_value_with_the_lowest_best_of_k_erro
     assert max(errors) > min(errors)  # the spread matters: the choice is not a tie
 
 
+def test_capped_image_validation_takes_evenly_spaced_samples_over_ranks(tmp_path):
+    """A cap on streamed (image) validation keeps every stride-th sample of the split, as the
+    pose path does, not the first batches in shard order (a few actions)."""
+    from conftest import write_tiny_dataset
+    from hpe_ray.data.stream import load_pose_arrays, load_stats
+
+    data_dir = write_tiny_dataset(tmp_path / "data", image_size=32)
+    keys = load_pose_arrays(data_dir, "val").key.tolist()  # 144, in shard order
+    cfg = Config().with_overrides({"data.dir": str(data_dir), "data.image_size": 32, "train.batch_size": 4})
+    stats = load_stats(data_dir)
+
+    def taken(rank: int, world_size: int) -> list[str]:
+        return sum((b["key"] for b in val_batches(cfg, stats, "rgb", rank, world_size, torch.device("cpu"),
+                                                  max_samples=5)()), [])
+
+    assert taken(0, 1) == keys[::29]  # stride ceil(144 / 5)
+    assert taken(0, 2) == keys[::58] and taken(1, 2) == keys[1::58]
+
+
 def test_an_unreadable_checkpoint_is_set_aside_so_resume_prune_and_best_skip_it(tiny_dataset, tmp_path):
     """Found by the fault suite: a damaged checkpoint left in place ranked among the best by its
     metrics, pruning removed good ones, and a second damage left nothing to resume from."""

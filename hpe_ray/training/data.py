@@ -10,7 +10,6 @@ Two paths:
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
 
@@ -120,17 +119,19 @@ def _streaming_train(cfg: Config, stats: NormStats, rank: int, world_size: int) 
 def val_batches(cfg: Config, stats: NormStats, modality: str, rank: int, world_size: int,
                 device: torch.device, max_samples: int | None = None) -> Callable[[], Iterable[dict]]:
     """() -> this rank's share of the val split, capped at about train.val_max_samples overall,
-    or at max_samples when that is lower (poses: evenly spaced samples; images: the first
-    batches in shard order)."""
+    or at max_samples when that is lower: evenly spaced samples, so a cap still covers every
+    action and subject."""
     caps = [c for c in (cfg.train.val_max_samples, max_samples) if c is not None]
     cap = min(caps) if caps else None
     if modality == "rgb":
-        loader = eval_loader(cfg, stats, "val", cfg.data.dir, rank=rank, world_size=world_size, verify=False)
-        max_batches = math.ceil(cap / (world_size * cfg.train.batch_size)) if cap else None
-        return lambda: itertools.islice(loader, max_batches)
+        # Every stride-th sample: ranks r < world_size of world_size * stride keep index i when
+        # i % (world_size * stride) == r. Every shard's bytes are read, only those are decoded.
+        count = load_manifest(cfg.data.dir)["splits"]["val"]["count"]
+        stride = max(1, math.ceil(count / cap)) if cap else 1
+        loader = eval_loader(cfg, stats, "val", cfg.data.dir, rank=rank, world_size=world_size * stride, verify=False)
+        return lambda: loader
     arrays = load_pose_arrays(cfg.data.dir, "val", on_error=cfg.data.on_error)
     n = len(arrays)
-    # Evenly spaced, so a cap still covers every action and subject.
     chosen = np.linspace(0, n - 1, min(n, cap or n)).round().astype(int)[rank::world_size]
     batches = array_batches(arrays, stats, cfg.train.batch_size, device, chosen)
     return lambda: batches
