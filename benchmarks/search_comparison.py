@@ -50,14 +50,7 @@ VARIANTS: dict[str, dict] = {
     "tpe16-g2r3": {**AGGRESSIVE_ASHA, "grace_period": 2},
     # the demo's 8 trials with that cut: every trial 2 epochs, the best third on to 6 (about 27 trial-epochs)
     "tpe8-g2r3": {"sampler": "tpe", "scheduler": "asha", "grace_period": 2, "reduction_factor": 3},
-    # that cut with one trial at a time, each holding 2 CPUs (below): every ASHA decision sees
-    # all the trials before it, none is waved through for being the first at its rung
-    "tpe8-g2r3-seq": {"sampler": "tpe", "scheduler": "asha", "grace_period": 2, "reduction_factor": 3,
-                      "max_concurrent": 1},
 }
-# Changes to the space's base scaling: a sequential search gives its one trial the whole
-# machine (trial_cpus 0.5 + 1.5 = 2 CPUs, so Ray sets 2 torch threads in it).
-VARIANT_SCALING: dict[str, dict] = {"tpe8-g2r3-seq": {"cpus_per_worker": 1.5}}
 
 
 def variant_settings(space_path: Path, variant: str, seed: int, trials: int | None) -> dict:
@@ -70,21 +63,16 @@ def variant_settings(space_path: Path, variant: str, seed: int, trials: int | No
 
 
 def experiment_name(space_path: Path, variant: str, seed: int, settings: dict) -> str:
-    """Variant and seed, plus a digest of the settings (and of the variant's scaling changes):
-    a variant whose settings changed (e.g. tpe-asha after the space's defaults moved) is a new
-    search, never a reuse of the old one."""
-    scaling = {"scaling": VARIANT_SCALING[variant]} if variant in VARIANT_SCALING else {}
-    digest = hashlib.sha256(json.dumps({**settings, **scaling}, sort_keys=True).encode()).hexdigest()[:6]
+    """Variant and seed, plus a digest of the settings: a variant whose settings changed (e.g.
+    tpe-asha after the space's defaults moved) is a new search, never a reuse of the old one."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:6]
     return f"compare-{space_path.stem}-{variant}-seed{seed}-{digest}"
 
 
-def variant_space(space_path: Path, variant: str, settings: dict, out_path: Path) -> Path:
-    """A copy of the space file with the given search settings and the variant's scaling."""
+def variant_space(space_path: Path, settings: dict, out_path: Path) -> Path:
+    """A copy of the space file with the given search settings."""
     tree = yaml.safe_load(space_path.read_text())
     tree["search_settings"] = settings
-    if variant in VARIANT_SCALING:
-        base = tree.setdefault("base", {})
-        base["scaling"] = {**base.get("scaling", {}), **VARIANT_SCALING[variant]}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(yaml.safe_dump(tree, sort_keys=False))
     return out_path
@@ -173,8 +161,7 @@ def markdown(rows: list[dict], summary: dict, command: str) -> str:
                      f"| {reach} (reached {m['reached']}/{m['seeds']}) | | {m['span_s']:.0f} |")
     goal = summary["goal_epochs_to_reach"]
     shown = dict.fromkeys(r["variant"] for r in rows)
-    settings = {v: (str(VARIANTS[v]) if VARIANTS[v] else "the space file's own search_settings")
-                   + (f", base scaling {VARIANT_SCALING[v]}" if v in VARIANT_SCALING else "") for v in shown}
+    settings = {v: VARIANTS[v] or "the space file's own search_settings" for v in shown}
     lines += ["", f"Goal: reach random-full's best of the same seed on every seed, in at most half of random-full's "
                   f"mean total trial-epochs on average ({fmt(goal)}). Met by: "
                   + (", ".join(v for v, m in summary["means"].items() if m["meets_goal"] and v != REFERENCE)
@@ -224,7 +211,7 @@ def main() -> None:
                         rows.append(search_row(variant, seed, storage / name, settings,
                                                summarize_search(storage / name).finished))
                     continue
-                space = variant_space(space_path, variant, settings, storage / f"{name}.yaml")
+                space = variant_space(space_path, settings, storage / f"{name}.yaml")
                 t0 = time.perf_counter()
                 result = run_search(space, args.data, resume=True, storage=storage, name=name)
                 rows.append(search_row(variant, seed, storage / name, settings, result.finished))
