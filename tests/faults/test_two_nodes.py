@@ -355,18 +355,21 @@ def test_a_lost_node_during_a_search_restarts_only_its_trial_from_its_checkpoint
 
     target: dict[str, str] = {}
 
+    finished: dict[str, dict[Path, bytes]] = {}
+
     def ready() -> bool:
-        finished = [r for r in runs.glob("train-*") if _newest(r) == SEARCH_EPOCHS] if runs.is_dir() else []
+        """A finished trial (its files read now) and a trial on the second node with a checkpoint and
+        at least two epochs to go, so it cannot finish in the moment between this look and the kill."""
+        done = [r for r in runs.glob("train-*") if _newest(r) == SEARCH_EPOCHS] if runs.is_dir() else []
         trial = trial_on_second()
-        if finished and trial and 1 <= _newest(runs / f"train-{trial}") < SEARCH_EPOCHS:
-            target["trial"] = trial
-            return True
-        return False
+        if not (done and trial and 1 <= _newest(runs / f"train-{trial}") <= SEARCH_EPOCHS - 2):
+            return False
+        finished.update({r.name: {p: p.read_bytes() for p in sorted(r.rglob("*")) if p.is_file()} for r in done})
+        target["trial"] = trial
+        return True
 
     try:
         _wait(ready, search, log, "a trial on the second node with a checkpoint, and a finished trial")
-        finished = {r.name: {p: p.read_bytes() for p in sorted(r.rglob("*")) if p.is_file()}
-                    for r in runs.glob("train-*") if _newest(r) == SEARCH_EPOCHS}
         killed = two_nodes.kill_second()
         lost = time.monotonic()
         assert any("ImplicitFunc" in name for name in killed), killed
