@@ -17,6 +17,8 @@ best-validation checkpoint is lifted through `hpe_ray.inference.Lifter` on:
 - conventions: the test poses with spine, thorax, neck/nose, head top, hips and shoulders each
   moved by 40 mm in a random direction (one draw = one convention for the whole set, as another
   converter or 2D detector would place them; --convention-draws draws), 3D and 2D alike;
+- noisy 2D: the test keypoints with Gaussian noise like a detector's, sigma per sample uniform
+  up to NOISE_MAX_SIGMA of the 2D pose's height (about 5 px on average at 5 m here);
 - cross: the other training set's test split, and the CMU clip (another rig and skeleton).
 
 Errors are Protocol 1 (MPJPE) and 2 (PA-MPJPE), mm, action-wise averages, from the latent
@@ -43,7 +45,7 @@ import torch
 from hpe_ray.camera import project_to_pixels
 from hpe_ray.config import Config, load_config
 from hpe_ray.data.bvh import BvhSettings
-from hpe_ray.data.augment import shift_keypoint_conventions, virtual_camera_views
+from hpe_ray.data.augment import keypoint_noise, shift_keypoint_conventions, virtual_camera_views
 from hpe_ray.data.convert import write_bvh_dataset
 from hpe_ray.data.sample import PoseArrays
 from hpe_ray.data.stream import load_pose_arrays
@@ -64,10 +66,12 @@ MODELS = {
     "thesis VAE": (REPO / "configs" / "thesis-lifting.yaml", {}),
     "default VAE": (None, {}),
     "default, deterministic": (None, {"model.deterministic": True}),
+    "default, no 2D fit": (None, {"model.fit_2d": False}),
 }
 HYPOTHESES = (1, 5, 10, 50)
 OUTSIDE_RANGES = dict(distance_mm=(8000.0, 12000.0), elevation_deg=(45.0, 60.0), field_of_view_deg=(90.0, 110.0))
 CONVENTION_SHIFT_MM = 40.0
+NOISE_MAX_SIGMA = 0.03
 
 
 # ---------------------------------------------------------------- data
@@ -118,6 +122,13 @@ def convention_view(arrays: PoseArrays, seed: int) -> PoseArrays:
     return _replace(arrays, project_to_pixels(shifted, intrinsics), shifted, intrinsics)
 
 
+def noisy_view(arrays: PoseArrays, seed: int) -> PoseArrays:
+    """The split with detector-like noise on its keypoints (`keypoint_noise`), 3D unchanged."""
+    keypoints = keypoint_noise(torch.as_tensor(arrays.keypoints_2d_px, dtype=torch.float64), NOISE_MAX_SIGMA,
+                               torch.Generator().manual_seed(seed))
+    return _replace(arrays, keypoints, arrays.pose_3d_cam_mm, arrays.intrinsics)
+
+
 def _replace(arrays: PoseArrays, keypoints_2d_px, pose_3d_cam_mm, intrinsics) -> PoseArrays:
     """The same samples (keys, actions, ...) with other poses and cameras, as float32 arrays."""
     return dataclasses.replace(arrays, keypoints_2d_px=np.asarray(keypoints_2d_px, np.float32),
@@ -161,6 +172,7 @@ def evaluate_model(checkpoint: Path, train_set: str, dirs: dict[str, Path], draw
     results["outside"] = score(lifter, outside_view(own_test, seed=1))
     shifted = [score(lifter, convention_view(own_test, seed=100 + i)) for i in range(draws)]
     results["conventions"] = {k: float(np.mean([s[k] for s in shifted])) for k in shifted[0]}
+    results["noisy 2D"] = score(lifter, noisy_view(own_test, seed=2))
     for other in ("synthetic", "bandai", "cmu"):
         if other != train_set and other in dirs:
             results[f"on {other}"] = score(lifter, load_pose_arrays(dirs[other], "test"))

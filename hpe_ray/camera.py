@@ -200,6 +200,32 @@ def normalized_to_pixels(keypoints_2d_normalized, focal_px, center_px):
     return keypoints_2d_normalized * focal + center
 
 
+def fit_to_keypoints(pose_3d_mm, keypoints_2d_normalized, perspective: bool = True):
+    """A root-relative pose moved onto the rays of its 2D keypoints, depths kept: (..., 17, 3).
+
+    pose_3d_mm (..., 17, 3) camera-frame mm with the root (joint 0) at zero, e.g. a lifter's
+    prediction; keypoints_2d_normalized (..., 17, 2) the 2D it was lifted from as (u - c) / f.
+    Each joint j keeps its predicted depth z_j and goes to where its keypoint's ray a_j meets
+    that depth, with the root at the depth Z0 that moves the x, y least (least squares, closed
+    form): x_j = a_j (Z0 + z_j) - a_0 Z0. So the pose reprojects onto its keypoints: what the
+    2D shows (a detector's wider hips, a higher head top) is not replaced by the training set's
+    habits; the model decides depth and body size. perspective=False, for 2D of an unknown
+    camera: weak perspective, x_j = (a_j - a_0) s, any (u - c) / f scale. A sample whose fit
+    puts the root behind the camera, or whose keypoints all coincide, is returned unchanged.
+    """
+    xp = array_module(pose_3d_mm)
+    rays = as_array_like(keypoints_2d_normalized, pose_3d_mm)
+    offsets = rays - rays[..., :1, :]
+    depths = pose_3d_mm[..., 2:]
+    parallax = rays * depths if perspective else 0 * rays
+    # Z0 minimises sum_j |offsets_j Z0 + parallax_j - xy_j|^2.
+    spread = xp.sum(offsets * offsets, axis=(-1, -2))
+    root_depth = xp.sum(offsets * (pose_3d_mm[..., :2] - parallax), axis=(-1, -2)) / xp.where(spread > 0, spread, 1)
+    fitted = xp.concatenate([offsets * root_depth[..., None, None] + parallax, depths], axis=-1)
+    usable = (spread > 0) & (root_depth > 0)
+    return xp.where(usable[..., None, None], fitted, pose_3d_mm)
+
+
 def _intrinsics_vector(intrinsics, like):
     """Intrinsics or (..., 9) vector -> (..., 1, 9) in the backend of `like`, broadcasting over joints."""
     vector = as_array_like(intrinsics.as_vector() if isinstance(intrinsics, Intrinsics) else intrinsics, like)

@@ -112,6 +112,11 @@ class ModelConfig(_Strict):
     sample_dims: int | None = Field(8, ge=1)
     """Latent dims that carry the sampling noise (the first N; the rest decode at their mean), so
     hypotheses vary along a few learned directions; None, or N >= latent_dim: all (the thesis)."""
+    fit_2d: bool = True
+    """True: every 3D prediction from 2D keypoints is moved onto the keypoints' rays, depths kept
+    (`hpe_ray.camera.fit_to_keypoints`), in validation, `evaluate`, `predict` and export alike.
+    It follows the 2D where that is exact and its conventions differ from the training data's;
+    with noisy 2D it passes the noise on (see the README's generalisation table)."""
     image_pretrained: str | None = None
     """Local path to ImageNet ResNet-18 weights, or 'torchvision' for torchvision's cache."""
 

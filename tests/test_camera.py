@@ -89,6 +89,38 @@ def test_normalized_coordinates_undo_projection_without_distortion():
                                points[:, :2] / points[:, 2:], atol=1e-12)
 
 
+def test_fit_to_keypoints_hand_values():
+    """Root 5 m away on the optical axis (ray 0), joint 1's keypoint on ray (0.02, 0), joint 2's
+    on (0, -0.05). Predicted: joint 1 at (150, 10, 0) mm, joint 2 at (0, -400, 1000) mm."""
+    pose = np.zeros((1, 17, 3))
+    pose[0, 1], pose[0, 2] = [150.0, 10.0, 0.0], [0.0, -400.0, 1000.0]
+    rays = np.zeros((1, 17, 2))
+    rays[0, 1], rays[0, 2] = [0.02, 0.0], [0.0, -0.05]
+    # Z0 = (0.02 * 150 + -0.05 * (-400 - -0.05 * 1000)) / (0.02^2 + 0.05^2) = 20.5 / 0.0029
+    root_depth = 20.5 / 0.0029
+    fitted = camera.fit_to_keypoints(pose, rays)
+    np.testing.assert_allclose(fitted[0, 1], [0.02 * root_depth, 0.0, 0.0])
+    np.testing.assert_allclose(fitted[0, 2], [0.0, -0.05 * (root_depth + 1000.0), 1000.0])
+    np.testing.assert_allclose(fitted[0, 3:], 0.0)
+    # Weak perspective: Z0 = (0.02 * 150 + 0.05 * 400) / 0.0029, no parallax term.
+    weak = camera.fit_to_keypoints(pose, rays, perspective=False)
+    np.testing.assert_allclose(weak[0, 2], [0.0, -0.05 * 23.0 / 0.0029, 1000.0])
+    # torch gives the same; a pose whose keypoints all coincide, or fitted behind the camera, stays.
+    torch_fitted = camera.fit_to_keypoints(torch.as_tensor(pose), torch.as_tensor(rays))
+    np.testing.assert_allclose(torch_fitted.numpy(), fitted)
+    np.testing.assert_array_equal(camera.fit_to_keypoints(pose, np.zeros_like(rays)), pose)
+    np.testing.assert_array_equal(camera.fit_to_keypoints(pose, -rays * 10), pose)
+
+
+def test_fit_to_keypoints_keeps_a_pose_that_projects_onto_them():
+    rng = np.random.default_rng(0)
+    pose = rng.normal(0, 300, (4, 17, 3))
+    pose[:, 0] = 0
+    root = np.array([200.0, -100.0, 4000.0])
+    rays = (pose + root)[..., :2] / (pose + root)[..., 2:]
+    np.testing.assert_allclose(camera.fit_to_keypoints(pose, rays), pose, atol=1e-9)
+
+
 def test_quaternion_identity_and_quarter_turn():
     np.testing.assert_allclose(camera.quaternion_to_matrix([1.0, 0.0, 0.0, 0.0]), np.eye(3))
     # 90 degrees about z (not normalised on purpose): x -> y.

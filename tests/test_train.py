@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import camera_poses_mm, h36m_intrinsics, train_tiny_checkpoint
-from hpe_ray.camera import most_common_camera, project_to_pixels
+from hpe_ray.camera import fit_to_keypoints, most_common_camera, pixels_to_normalized, project_to_pixels
 from hpe_ray.config import Config, absolute_paths
 from hpe_ray.data.batch import pose_batch
 from hpe_ray.models import build_model, predict_pose_3d_mm
@@ -91,18 +91,24 @@ def test_prediction_puts_the_root_back_and_best_of_k_never_loses():
     poses, intrinsics = camera_poses_mm(6), h36m_intrinsics(6)
     batch = pose_batch(project_to_pixels(poses, intrinsics), poses, intrinsics, stats)
     torch.manual_seed(1)
-    mean_mm, samples_mm = predict_pose_3d_mm(model, batch["pose_2d"], "pose2d", stats, hypotheses=4)
-    assert mean_mm.shape == (6, 17, 3) and samples_mm.shape == (6, 4, 17, 3)
-    assert (mean_mm[:, 0] == 0).all() and (samples_mm[:, :, 0] == 0).all()
+    decoded_mm, _ = predict_pose_3d_mm(model, batch["pose_2d"], "pose2d", stats, hypotheses=0)
     # With unit stats, mm are the decoder's outputs: the mean decodes the latent mean.
     mu, _ = model.encode("pose2d", batch["pose_2d"])
-    assert torch.allclose(mean_mm[:, 1:], model.decode("pose3d", mu))
+    assert torch.allclose(decoded_mm[:, 1:], model.decode("pose3d", mu))
+    # Validation fits the poses to the keypoints' rays (model.fit_2d, the default).
+    rays = pixels_to_normalized(batch["keypoints_2d_px"], batch["intrinsics"][:, 0:2], batch["intrinsics"][:, 2:4])
+    torch.manual_seed(1)
+    mean_mm, samples_mm = predict_pose_3d_mm(model, batch["pose_2d"], "pose2d", stats, 4, rays)
+    assert mean_mm.shape == (6, 17, 3) and samples_mm.shape == (6, 4, 17, 3)
+    assert (mean_mm[:, 0] == 0).all() and (samples_mm[:, :, 0] == 0).all()
+    assert torch.allclose(mean_mm, fit_to_keypoints(decoded_mm, rays))
     torch.manual_seed(1)  # the same hypotheses as above
     errors = batch_errors(model, batch, "pose2d", stats, hypotheses=4)
     truth = batch["pose_3d_cam_mm"]
-    expected = (mean_mm - truth).norm(dim=-1).mean(-1)  # 17 joints, root error 0 included
-    assert torch.allclose(errors["mpjpe"], expected)
-    assert (errors["pa_mpjpe"] <= errors["mpjpe"] + 1e-4).all()
+    distances = (mean_mm - truth).norm(dim=-1)
+    assert torch.allclose(errors["mpjpe"], distances.mean(-1))  # 17 joints, root error 0 included
+    # Procrustes minimises squared distances: PA-MPJPE <= its RMS <= the unaligned RMS.
+    assert (errors["pa_mpjpe"] <= distances.square().mean(-1).sqrt() + 1e-4).all()
     per_sample = (samples_mm - truth[:, None]).norm(dim=-1).mean(-1)
     assert torch.allclose(errors["mpjpe_best_of_k"], per_sample.amin(1))
 

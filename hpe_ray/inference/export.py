@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpe_ray.camera import fit_to_keypoints, pixels_to_normalized
 from hpe_ray.data.batch import scored_pose_2d
 from hpe_ray.dependencies import import_extra
 from hpe_ray.normalization import NormStats, denormalize_3d, normalize_2d
@@ -44,12 +45,14 @@ ONNX_OPSET = 17
 # output coordinate (NormStats.std_3d): the network's own output units. float32 rounding grows
 # with the size of the values, so a fixed tolerance in mm would depend on the pose's size.
 CHECK_TOLERANCE_STD = 1e-4
+EXAMPLE_DEPTH_MM = 5000.0
 
 
 class ExportableLifter(nn.Module):
     """Pixels in, millimetres out: normalise the 2D keypoints, encode, decode the latent mean,
-    denormalise. The same functions as `predict`, so exported and Python predictions agree. A
-    model trained with data.keypoint_scores (`scored`) also takes keypoint_scores (B, 17)."""
+    denormalise, and for a model built with fit_2d put the pose on the keypoints' rays. The same
+    functions as `predict`, so exported and Python predictions agree. A model trained with
+    data.keypoint_scores (`scored`) also takes keypoint_scores (B, 17)."""
 
     def __init__(self, vae: nn.Module, stats: NormStats):
         super().__init__()
@@ -63,20 +66,22 @@ class ExportableLifter(nn.Module):
         if self.scored and keypoint_scores is not None:
             pose_2d = scored_pose_2d(pose_2d, keypoint_scores.clamp(0.0, 1.0))
         mu, _ = self.vae.encode("pose2d", pose_2d)
-        return denormalize_3d(self.vae.decode("pose3d", mu), self.stats)
+        pose_3d_mm = denormalize_3d(self.vae.decode("pose3d", mu), self.stats)
+        if self.vae.fit_2d:
+            pose_3d_mm = fit_to_keypoints(pose_3d_mm, pixels_to_normalized(keypoints_2d_px, focal_px, center_px))
+        return pose_3d_mm
 
 
 def example_inputs(stats: NormStats, batch: int = 64, seed: int = 0, scores: bool = False) -> tuple[torch.Tensor, ...]:
-    """Plausible inputs (keypoints_2d_px, focal_px, center_px) drawn from the training statistics
-    and seen by a 1000 px focal length camera centred at (500, 500) px; with scores, also
-    keypoint_scores (B, 17) uniform in [0, 1]."""
+    """Plausible inputs (keypoints_2d_px, focal_px, center_px): 3D poses drawn from the training
+    statistics, 5 m in front of a 1000 px focal length camera centred at (500, 500) px; with
+    scores, also keypoint_scores (B, 17) uniform in [0, 1]."""
     generator = torch.Generator().manual_seed(seed)
-    features = torch.randn(batch, NUM_JOINTS, 2, generator=generator)
-    features[:, 1:] = features[:, 1:] * torch.as_tensor(stats.std_2d) + torch.as_tensor(stats.mean_2d)
-    features[:, 0] = 0.0  # the root carries no information after normalisation: any value works
+    noise = torch.randn(batch, NUM_JOINTS - 1, 3, generator=generator, dtype=torch.float64)
+    poses_mm = denormalize_3d(0.5 * noise, stats) + torch.tensor([0.0, 0.0, EXAMPLE_DEPTH_MM], dtype=torch.float64)
     focal_px = torch.full((batch, 2), 1000.0)
     center_px = torch.full((batch, 2), 500.0)
-    keypoints_2d_px = features * focal_px[:, None] + center_px[:, None] if stats.mode_2d == "camera" else features
+    keypoints_2d_px = (poses_mm[..., :2] / poses_mm[..., 2:] * 1000.0 + 500.0).float()
     if scores:
         return keypoints_2d_px, focal_px, center_px, torch.rand(batch, NUM_JOINTS, generator=generator)
     return keypoints_2d_px, focal_px, center_px

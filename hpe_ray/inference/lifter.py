@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hpe_ray.camera import most_common_camera
+from hpe_ray.camera import most_common_camera, pixels_to_normalized
 from hpe_ray.data.batch import images_to_model_range, scored_pose_2d
 from hpe_ray.models import predict_pose_3d_mm
 from hpe_ray.normalization import NormStats, normalize_2d
@@ -85,6 +85,12 @@ class Lifter:
         point cancel (square pixels assumed)."""
         return self.stats.mode_2d == "camera"
 
+    @property
+    def uses_camera(self) -> bool:
+        """Whether intrinsics improve the result: needed (`needs_camera`), or used to fit the
+        poses to their keypoints in perspective (model.fit_2d; weak perspective without them)."""
+        return self.needs_camera or self.checkpoint.cfg.model.fit_2d
+
     def default_camera(self) -> tuple[np.ndarray, np.ndarray]:
         """(focal_px, center_px) for inputs without intrinsics (see the class docstring)."""
         stored = self.checkpoint.state.get("extra", {}).get("train_camera")
@@ -119,7 +125,7 @@ class Lifter:
             raise ValueError(f"{self.checkpoint.path}: the model has no 2D pose encoder "
                              f"(encoders {sorted(self.encoders)}); use lift_images")
         keypoints, valid, problems, missing = _stack_keypoints(keypoints_2d_px, borrow_missing=self.reads_scores)
-        focal, center = self._camera(focal_px, center_px, len(keypoints))
+        focal, center, known_camera = self._camera(focal_px, center_px, len(keypoints))
         bad_camera = valid & ~(np.all(np.isfinite(focal), 1) & np.all(np.isfinite(center), 1) & np.all(focal > 0, 1))
         problems.update({int(i): f"sample {i}: focal_px or center_px is not finite and positive"
                          for i in np.flatnonzero(bad_camera)})
@@ -128,7 +134,11 @@ class Lifter:
         pose_2d[valid] = normalize_2d(keypoints[valid], focal[valid], center[valid], self.stats)
         if self.reads_scores:
             pose_2d = scored_pose_2d(pose_2d, _confidences(scores, len(keypoints), missing))
-        return self._predict(pose_2d, "pose2d", valid, problems, hypotheses, batch_size, progress, seed)
+        # Without a camera the poses are fitted to their keypoints in weak perspective.
+        rays = np.zeros((len(keypoints), NUM_JOINTS, 2), np.float32)
+        rays[valid] = pixels_to_normalized(keypoints[valid], focal[valid], center[valid])
+        return self._predict(pose_2d, "pose2d", valid, problems, hypotheses, batch_size, progress, seed,
+                             rays, known_camera)
 
     def lift_images(self, images, *, hypotheses: int = 1, batch_size: int = 64, progress: bool = False,
                     seed: int = 0) -> LiftResult:
@@ -153,23 +163,26 @@ class Lifter:
         inputs = images_to_model_range(torch.from_numpy(crops)).numpy()
         return self._predict(inputs, "rgb", valid, problems, hypotheses, batch_size, progress, seed)
 
-    def _camera(self, focal_px, center_px, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-sample (focal (N, 2), center (N, 2)); placeholders for models that need no camera."""
+    def _camera(self, focal_px, center_px, count: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Per-sample (focal (N, 2), center (N, 2)) and whether they are a camera: placeholders
+        (focal 1, center 0, False) for models that need none when none is given."""
         if (focal_px is None) != (center_px is None):
             raise ValueError("give both focal_px and center_px, or neither (the default camera)")
         if focal_px is None:
             if not self.needs_camera:
-                return np.ones((count, 2)), np.zeros((count, 2))
+                return np.ones((count, 2)), np.zeros((count, 2)), False
             focal_px, center_px = self.default_camera()
             warnings.warn(f"no camera intrinsics given: using the training data's most common camera "
                           f"(focal {np.round(focal_px, 1).tolist()} px, center {np.round(center_px, 1).tolist()} px); "
                           "3D poses are only right if the keypoints come from a similar camera", stacklevel=3)
-        return _per_sample(focal_px, count, "focal_px"), _per_sample(center_px, count, "center_px")
+        return _per_sample(focal_px, count, "focal_px"), _per_sample(center_px, count, "center_px"), True
 
     @torch.no_grad()
     def _predict(self, inputs: np.ndarray, modality: str, valid: np.ndarray, problems: dict[int, str],
-                 hypotheses: int, batch_size: int, progress: bool, seed: int) -> LiftResult:
-        """Run the valid rows of `inputs` through the model in batches; NaN rows for the others."""
+                 hypotheses: int, batch_size: int, progress: bool, seed: int, rays: np.ndarray | None = None,
+                 perspective: bool = True) -> LiftResult:
+        """Run the valid rows of `inputs` through the model in batches; NaN rows for the others.
+        rays (N, 17, 2): the 2D as (u - c) / f for `predict_pose_3d_mm`, or None."""
         if hypotheses < 1:
             raise ValueError(f"hypotheses must be >= 1, got {hypotheses}")
         if batch_size < 1:
@@ -185,8 +198,9 @@ class Lifter:
                 batch_rows = rows[start:start + batch_size]
                 batch = torch.as_tensor(inputs[batch_rows], device=self.device)
                 # K = 1 is the mean alone: no sample to draw and discard.
+                batch_rays = None if rays is None else torch.as_tensor(rays[batch_rows], device=self.device)
                 mean_mm, samples_mm = predict_pose_3d_mm(self.model, batch, modality, self.stats,
-                                                         hypotheses if hypotheses > 1 else 0)
+                                                         hypotheses if hypotheses > 1 else 0, batch_rays, perspective)
                 poses[batch_rows] = mean_mm.cpu().numpy()
                 if samples is not None:
                     samples[batch_rows] = samples_mm.cpu().numpy()

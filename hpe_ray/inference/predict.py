@@ -164,12 +164,12 @@ def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Pa
 def _camera(keypoints: KeypointInput, lifter: Lifter, focal_px, center_px, image_size_px, fov_deg: float,
             summary: PredictSummary):
     """(focal, center) for the lifter: given, the file's, derived from the image size, or None
-    (the lifter's default camera). Scale-free models ignore it."""
+    (the lifter's default camera, or for a scale-free model the weak-perspective fit)."""
     if focal_px is not None or center_px is not None:
         return focal_px, center_px
     if keypoints.focal_px is not None:
         return keypoints.focal_px, keypoints.center_px
-    if not lifter.needs_camera:
+    if not lifter.uses_camera:
         return None, None
     sizes = (np.broadcast_to(np.asarray(image_size_px, np.float64), (len(keypoints.names), 2))
              if image_size_px is not None else keypoints.image_size_px)

@@ -20,7 +20,7 @@ def build_model(cfg: Config, *, load_pretrained: bool = True) -> CrossModalVAE:
         latent_dim=m.latent_dim, encoders=encoders, decoders=decoders, image_size=cfg.data.image_size,
         hidden=m.hidden, blocks=m.blocks, batch_norm=m.batch_norm, dropout=m.dropout, residual=m.residual,
         deterministic=m.deterministic, conditioned=m.conditioned, keypoint_scores=cfg.data.keypoint_scores,
-        sample_dims=m.sample_dims,
+        sample_dims=m.sample_dims, fit_2d=m.fit_2d,
         image_pretrained=m.image_pretrained if load_pretrained else None)
 
 

@@ -69,6 +69,7 @@ class CrossModalVAE(nn.Module):
     limb depth) and cover them with few samples; None (or N >= latent_dim): every dim. The buffer
     `sample_temperature` scales the posterior's std when `lift` draws hypotheses (training
     samples at 1); `hpe_ray.training.loop.fit_sample_temperature` sets it on validation data.
+    `fit_2d=True`: predictions from 2D are put on the keypoints' rays (`predict_pose_3d_mm`).
     """
 
     def __init__(self, latent_dim: int = 100, encoders: Iterable[str] = ("pose2d",),
@@ -76,7 +77,7 @@ class CrossModalVAE(nn.Module):
                  blocks: int = 5, batch_norm: bool = False, dropout: float = 0.0, residual: bool = False,
                  image_pretrained: str | None = None, deterministic: bool = False, num_joints: int = 16,
                  allow_download: bool = False, conditioned: bool = False, keypoint_scores: bool = False,
-                 sample_dims: int | None = None):
+                 sample_dims: int | None = None, fit_2d: bool = False):
         super().__init__()
         if sample_dims is not None and sample_dims < 1:
             raise ValueError(f"sample_dims must be >= 1 or None, got {sample_dims}")
@@ -86,6 +87,7 @@ class CrossModalVAE(nn.Module):
         self.register_buffer("sample_temperature", torch.ones(()))
         self.register_load_state_dict_pre_hook(_default_temperature)
         self.keypoint_scores = keypoint_scores
+        self.fit_2d = fit_2d
         self.deterministic = deterministic
         self.conditioned = conditioned and not deterministic  # z is mu: nothing to condition on
         mlp = dict(hidden=hidden, blocks=blocks, batch_norm=batch_norm, dropout=dropout, residual=residual)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hpe_ray.camera import most_common_camera
+from hpe_ray.camera import most_common_camera, pixels_to_normalized
 from hpe_ray.config import Config, TrainConfig
 from hpe_ray.data.batch import Batch
 from hpe_ray.data.stream import load_pose_arrays, load_stats
@@ -69,7 +69,11 @@ def batch_errors(model: torch.nn.Module, batch: Batch, modality: str, stats: Nor
     """Per-sample values (B,) in mm, 17 joints, root at zero, of `hpe_ray.metrics.POSE_ERRORS`
     (`names` only): Protocol 1 ("mpjpe") and 2 ("pa_mpjpe") errors of the mean decoding, both as
     best of K hypotheses, and how the K hypotheses scatter."""
-    mean_mm, samples_mm = predict_pose_3d_mm(model, batch[BATCH_KEY[modality]], modality, stats, hypotheses)
+    rays = None
+    if modality == "pose2d":
+        intrinsics = batch["intrinsics"]
+        rays = pixels_to_normalized(batch["keypoints_2d_px"], intrinsics[:, 0:2], intrinsics[:, 2:4])
+    mean_mm, samples_mm = predict_pose_3d_mm(model, batch[BATCH_KEY[modality]], modality, stats, hypotheses, rays)
     if not torch.isfinite(mean_mm).all():
         raise NonFiniteError("the model predicts non-finite poses: its weights have diverged (lower train.lr)")
     return pose_errors(mean_mm, samples_mm, batch["pose_3d_cam_mm"].float(), names)
