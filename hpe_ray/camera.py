@@ -200,7 +200,7 @@ def normalized_to_pixels(keypoints_2d_normalized, focal_px, center_px):
     return keypoints_2d_normalized * focal + center
 
 
-def fit_to_keypoints(pose_3d_mm, keypoints_2d_normalized, perspective: bool = True):
+def fit_to_keypoints(pose_3d_mm, keypoints_2d_normalized, perspective: bool = True, weights=None):
     """A root-relative pose moved onto the rays of its 2D keypoints, depths kept: (..., 17, 3).
 
     pose_3d_mm (..., 17, 3) camera-frame mm with the root (joint 0) at zero, e.g. a lifter's
@@ -210,20 +210,23 @@ def fit_to_keypoints(pose_3d_mm, keypoints_2d_normalized, perspective: bool = Tr
     form): x_j = a_j (Z0 + z_j) - a_0 Z0. So the pose reprojects onto its keypoints: what the
     2D shows (a detector's wider hips, a higher head top) is not replaced by the training set's
     habits; the model decides depth and body size. perspective=False, for 2D of an unknown
-    camera: weak perspective, x_j = (a_j - a_0) s, any (u - c) / f scale. A sample whose fit
-    puts the root behind the camera, or whose keypoints all coincide, is returned unchanged.
+    camera: weak perspective, x_j = (a_j - a_0) s, any (u - c) / f scale. weights (..., 17) in
+    [0, 1], e.g. detector confidences: joint j's share in the fit and in its own x, y (0 keeps the
+    prediction's, for a joint the detector missed); None: 1. A sample whose fit puts the root
+    behind the camera, or whose keypoints all coincide, is returned unchanged.
     """
     xp = array_module(pose_3d_mm)
     rays = as_array_like(keypoints_2d_normalized, pose_3d_mm)
+    weights = 1 + 0 * rays[..., :1] if weights is None else as_array_like(weights, pose_3d_mm)[..., None]
     offsets = rays - rays[..., :1, :]
-    depths = pose_3d_mm[..., 2:]
+    xy, depths = pose_3d_mm[..., :2], pose_3d_mm[..., 2:]
     parallax = rays * depths if perspective else 0 * rays
-    # Z0 minimises sum_j |offsets_j Z0 + parallax_j - xy_j|^2.
-    spread = xp.sum(offsets * offsets, axis=(-1, -2))
-    root_depth = xp.sum(offsets * (pose_3d_mm[..., :2] - parallax), axis=(-1, -2)) / xp.where(spread > 0, spread, 1)
-    fitted = xp.concatenate([offsets * root_depth[..., None, None] + parallax, depths], axis=-1)
+    # Z0 minimises sum_j w_j |offsets_j Z0 + parallax_j - xy_j|^2.
+    spread = xp.sum(weights * offsets * offsets, axis=(-1, -2))
+    root_depth = xp.sum(weights * offsets * (xy - parallax), axis=(-1, -2)) / xp.where(spread > 0, spread, 1)
+    fitted_xy = weights * (offsets * root_depth[..., None, None] + parallax) + (1 - weights) * xy
     usable = (spread > 0) & (root_depth > 0)
-    return xp.where(usable[..., None, None], fitted, pose_3d_mm)
+    return xp.where(usable[..., None, None], xp.concatenate([fitted_xy, depths], axis=-1), pose_3d_mm)
 
 
 def _intrinsics_vector(intrinsics, like):

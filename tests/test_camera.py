@@ -105,6 +105,15 @@ def test_fit_to_keypoints_hand_values():
     # Weak perspective: Z0 = (0.02 * 150 + 0.05 * 400) / 0.0029, no parallax term.
     weak = camera.fit_to_keypoints(pose, rays, perspective=False)
     np.testing.assert_allclose(weak[0, 2], [0.0, -0.05 * 23.0 / 0.0029, 1000.0])
+    # Joint 2 at weight 0 (a missed keypoint) keeps its x, y and leaves Z0 to joint 1:
+    # Z0 = 0.02 * 150 / 0.02^2 = 7500, the fit (150, 0); at weight 0.5 joint 1's y goes half way.
+    weights = np.ones((1, 17))
+    weights[0, 2] = 0.0
+    missed = camera.fit_to_keypoints(pose, rays, weights=weights)
+    np.testing.assert_allclose(missed[0, 1], [150.0, 0.0, 0.0])
+    np.testing.assert_allclose(missed[0, 2], pose[0, 2])
+    weights[0, 1] = 0.5
+    np.testing.assert_allclose(camera.fit_to_keypoints(pose, rays, weights=weights)[0, 1], [150.0, 5.0, 0.0])
     # torch gives the same; a pose whose keypoints all coincide, or fitted behind the camera, stays.
     torch_fitted = camera.fit_to_keypoints(torch.as_tensor(pose), torch.as_tensor(rays))
     np.testing.assert_allclose(torch_fitted.numpy(), fitted)

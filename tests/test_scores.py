@@ -186,18 +186,26 @@ def test_scored_lifter_reads_the_scores_through_predict(scored_checkpoint, tiny_
     # predict filled frame 2's dimmed joints from frames 1 and 3 and kept their low score
     assert np.abs(scored_poses[:6] - exact).max() > 1e-3
 
-    # an unscored checkpoint predicts as before: scores change nothing, a missing joint skips the image
+    # an unscored checkpoint reads no scores: they only weight the fit to the 2D (model.fit_2d),
+    # where frame 2's dimmed joints keep more of the model's own x, y; a missing joint skips the image
     plain = Lifter.from_checkpoint(tiny_checkpoint)
     focal, center = plain.default_camera()  # a camera-mode model: predict falls back to this camera
-    assert not plain.reads_scores
+    assert not plain.reads_scores and plain.model.fit_2d
+    undimmed = plain.lift(keypoints, focal, center).poses_3d
+    weighted = plain.lift(keypoints, focal, center, scores=dimmed).poses_3d
+    others = [0, 1, 3, 4, 5]
+    np.testing.assert_array_equal(weighted[others], undimmed[others])
+    assert np.abs(weighted[2, [13, 16]] - undimmed[2, [13, 16]]).max() > 1e-3
+    plain.model.fit_2d = False
     np.testing.assert_array_equal(plain.lift(keypoints, focal, center, scores=dimmed).poses_3d,
                                   plain.lift(keypoints, focal, center).poses_3d)
+    plain.model.fit_2d = True
     with pytest.warns(UserWarning, match="most common camera|skipped 1 unusable"):
         predict_file(tiny_checkpoint, source, tmp_path / "plain.npz", keypoint_format="h36m")
     with np.load(tmp_path / "plain.npz") as out:
         assert out["valid"].tolist() == [True] * 6 + [False] and "sample 6" in out["problems"][0]
-        np.testing.assert_allclose(out["poses_3d"][:6], plain.lift(out["keypoints_2d"][:6], focal, center).poses_3d,
-                                   atol=1e-4)
+        np.testing.assert_allclose(out["poses_3d"][:6], plain.lift(out["keypoints_2d"][:6], focal, center,
+                                                                   scores=out["keypoint_scores"][:6]).poses_3d, atol=1e-4)
 
 
 def test_scored_lifter_exports_the_scores_as_an_input(scored_checkpoint, tiny_dataset, tmp_path):

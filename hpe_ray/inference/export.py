@@ -68,7 +68,9 @@ class ExportableLifter(nn.Module):
         mu, _ = self.vae.encode("pose2d", pose_2d)
         pose_3d_mm = denormalize_3d(self.vae.decode("pose3d", mu), self.stats)
         if self.vae.fit_2d:
-            pose_3d_mm = fit_to_keypoints(pose_3d_mm, pixels_to_normalized(keypoints_2d_px, focal_px, center_px))
+            weights = keypoint_scores.clamp(0.0, 1.0) if self.scored and keypoint_scores is not None else None
+            pose_3d_mm = fit_to_keypoints(pose_3d_mm, pixels_to_normalized(keypoints_2d_px, focal_px, center_px),
+                                          weights=weights)
         return pose_3d_mm
 
 

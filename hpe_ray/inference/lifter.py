@@ -132,13 +132,15 @@ class Lifter:
         valid &= ~bad_camera
         pose_2d = np.zeros((len(keypoints), NUM_JOINTS - 1, 2), np.float32)
         pose_2d[valid] = normalize_2d(keypoints[valid], focal[valid], center[valid], self.stats)
+        confidences = _confidences(scores, len(keypoints), missing) if scores is not None or self.reads_scores else None
         if self.reads_scores:
-            pose_2d = scored_pose_2d(pose_2d, _confidences(scores, len(keypoints), missing))
-        # Without a camera the poses are fitted to their keypoints in weak perspective.
+            pose_2d = scored_pose_2d(pose_2d, confidences)
+        # Without a camera the poses are fitted to their keypoints in weak perspective; each
+        # joint as far as its detector score trusts it.
         rays = np.zeros((len(keypoints), NUM_JOINTS, 2), np.float32)
         rays[valid] = pixels_to_normalized(keypoints[valid], focal[valid], center[valid])
         return self._predict(pose_2d, "pose2d", valid, problems, hypotheses, batch_size, progress, seed,
-                             rays, known_camera)
+                             rays, known_camera, confidences)
 
     def lift_images(self, images, *, hypotheses: int = 1, batch_size: int = 64, progress: bool = False,
                     seed: int = 0) -> LiftResult:
@@ -180,9 +182,10 @@ class Lifter:
     @torch.no_grad()
     def _predict(self, inputs: np.ndarray, modality: str, valid: np.ndarray, problems: dict[int, str],
                  hypotheses: int, batch_size: int, progress: bool, seed: int, rays: np.ndarray | None = None,
-                 perspective: bool = True) -> LiftResult:
+                 perspective: bool = True, weights: np.ndarray | None = None) -> LiftResult:
         """Run the valid rows of `inputs` through the model in batches; NaN rows for the others.
-        rays (N, 17, 2): the 2D as (u - c) / f for `predict_pose_3d_mm`, or None."""
+        rays (N, 17, 2): the 2D as (u - c) / f for `predict_pose_3d_mm`, or None; weights (N, 17)
+        its per-joint weights or None."""
         if hypotheses < 1:
             raise ValueError(f"hypotheses must be >= 1, got {hypotheses}")
         if batch_size < 1:
@@ -198,9 +201,11 @@ class Lifter:
                 batch_rows = rows[start:start + batch_size]
                 batch = torch.as_tensor(inputs[batch_rows], device=self.device)
                 # K = 1 is the mean alone: no sample to draw and discard.
-                batch_rays = None if rays is None else torch.as_tensor(rays[batch_rows], device=self.device)
+                batch_rays, batch_weights = (None if a is None else torch.as_tensor(a[batch_rows], device=self.device)
+                                             for a in (rays, weights))
                 mean_mm, samples_mm = predict_pose_3d_mm(self.model, batch, modality, self.stats,
-                                                         hypotheses if hypotheses > 1 else 0, batch_rays, perspective)
+                                                         hypotheses if hypotheses > 1 else 0, batch_rays, perspective,
+                                                         batch_weights)
                 poses[batch_rows] = mean_mm.cpu().numpy()
                 if samples is not None:
                     samples[batch_rows] = samples_mm.cpu().numpy()

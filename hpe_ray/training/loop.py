@@ -73,7 +73,8 @@ def batch_errors(model: torch.nn.Module, batch: Batch, modality: str, stats: Nor
     if modality == "pose2d":
         intrinsics = batch["intrinsics"]
         rays = pixels_to_normalized(batch["keypoints_2d_px"], intrinsics[:, 0:2], intrinsics[:, 2:4])
-    mean_mm, samples_mm = predict_pose_3d_mm(model, batch[BATCH_KEY[modality]], modality, stats, hypotheses, rays)
+    mean_mm, samples_mm = predict_pose_3d_mm(model, batch[BATCH_KEY[modality]], modality, stats, hypotheses, rays,
+                                             keypoint_weights=batch.get("keypoint_scores"))
     if not torch.isfinite(mean_mm).all():
         raise NonFiniteError("the model predicts non-finite poses: its weights have diverged (lower train.lr)")
     return pose_errors(mean_mm, samples_mm, batch["pose_3d_cam_mm"].float(), names)
