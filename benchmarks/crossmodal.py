@@ -76,7 +76,7 @@ class Model(NamedTuple):
 
 # The streamed image path has no augmentation: the 2D lifters alone see the same views without it.
 NO_AUGMENTATION = {"data.virtual_camera_fraction": 0.0,
-                   "data.augment": {"bone_fraction": 0.0, "convention_fraction": 0.0, "flip": 0.0}}
+                   "data.augment": {"bone_fraction": 0.0, "convention_fraction": 0.0, "flip": 0.0, "keypoint_noise": 0.0}}
 REGRESSOR = {"loss.pairs": {"rgb_to_pose3d": 1.0}, "model.deterministic": True}
 LIFTER = {"loss.pairs": {"pose2d_to_pose3d": 1.0}}
 MODELS = {

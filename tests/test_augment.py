@@ -104,12 +104,14 @@ def test_augment_views_off_is_the_identity_and_on_stays_consistent():
     poses, intrinsics = camera_poses_mm(64), h36m_intrinsics(64)
     keypoints = project_to_pixels(poses, intrinsics) + 3.0  # "detector" 2D that is not a projection
     off = Config().with_overrides({"data.virtual_camera_fraction": 0.0, "data.augment.bone_fraction": 0.0,
-                                   "data.augment.convention_fraction": 0.0, "data.augment.flip": 0.0}).data
+                                   "data.augment.convention_fraction": 0.0, "data.augment.flip": 0.0,
+                                   "data.augment.keypoint_noise": 0.0}).data
     out = augment_views(keypoints, poses, intrinsics, off, torch.Generator().manual_seed(0))
     for got, expected in zip(out, (keypoints, poses, intrinsics)):
         assert torch.equal(got, expected)
     on = Config().with_overrides({"data.virtual_camera_fraction": 0.0, "data.augment.bone_fraction": 1.0,
-                                  "data.augment.convention_fraction": 1.0, "data.augment.flip": 1.0}).data
+                                  "data.augment.convention_fraction": 1.0, "data.augment.flip": 1.0,
+                                  "data.augment.keypoint_noise": 0.0}).data
     keypoints_new, poses_new, intrinsics_new = augment_views(keypoints, poses, intrinsics, on,
                                                              torch.Generator().manual_seed(0))
     torch.testing.assert_close(keypoints_new, project_to_pixels(poses_new, intrinsics_new))
