@@ -100,6 +100,7 @@ def main() -> None:
             "train.seed": args.seed, "train.val_max_samples": 4000, "train.tensorboard_images_every": 0,
             "run.checkpoints_to_keep": 1})
         tic = time.perf_counter()
+        shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own run: always a fresh start
         fit(cfg, run_dir)
         report["train_seconds"][name] = round(time.perf_counter() - tic)
         lifter = Lifter.from_checkpoint(run_dir)

@@ -29,7 +29,7 @@ from hpe_ray.config import Config, absolute_paths, config_from_dict
 from hpe_ray.training.checkpoint import (latest_checkpoint_state, prune_checkpoints, read_checkpoint_state,
                                          run_checkpoints, set_aside_unreadable)
 from hpe_ray.training.data import verify_training_data
-from hpe_ray.training.loop import Trainer, log_epoch
+from hpe_ray.training.loop import Trainer, check_resumable, log_epoch
 from hpe_ray.training.tensorboard import EpochWriter
 
 # Ray's default (60 s) is short for a loaded machine importing torch in every worker. A start
@@ -174,6 +174,8 @@ def run_training(cfg: Config, *, resume: bool = True) -> ray.train.Result:
         run_name = f"{run_name}-restart-{datetime.now():%Y%m%d-%H%M%S}"
     if moved := set_aside_unreadable(storage / run_name):
         _forget_in_ray_snapshot(storage / run_name, {path.name for path in moved})
+    if (latest := latest_checkpoint_state(storage / run_name)) is not None:
+        check_resumable(cfg, *latest)  # a retry cannot fix it: before Ray starts
     trainer = make_trainer(cfg, run_name=run_name, storage_path=storage)
     result = None
     if not ray.is_initialized():

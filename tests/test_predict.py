@@ -254,3 +254,35 @@ def test_a_scaled_model_lifts_a_phone_camera_without_intrinsics(tiny_dataset, tm
     root_depth = (xy[:, 1, 0] - rays[:, 1, 0] * z[:, 1]) / (rays[:, 1, 0] - rays[:, 0, 0])
     on_rays = rays * (root_depth[:, None] + z)[..., None] - rays[:, :1] * root_depth[:, None, None]
     np.testing.assert_allclose(xy, on_rays, atol=1e-2)
+
+
+def test_fitting_to_the_2d_follows_keypoint_conventions_the_model_never_saw(tiny_dataset, tmp_path_factory):
+    """Test poses whose hips, shoulders, spine and head sit 40 mm elsewhere (another detector's
+    conventions, in 3D and 2D alike): the same trained model lifts them closer to their own 3D
+    with model.fit_2d than without, and its fitted poses reproject onto the keypoints."""
+    import torch
+
+    from hpe_ray.camera import project_to_pixels
+    from hpe_ray.data.augment import shift_keypoint_conventions
+
+    checkpoint = train_tiny_checkpoint(tiny_dataset, tmp_path_factory.mktemp("conventions"), steps=100,
+                                       mode_2d="scaled")
+    arrays = load_pose_arrays(tiny_dataset, "test")
+    offsets = torch.zeros(len(arrays.pose_3d_cam_mm), 6, 3, dtype=torch.float64)
+    offsets[:, :, 1] = 40.0  # midline joints 40 mm up, hips and shoulders 40 mm higher too
+    offsets[:, 4:, 0] = 40.0  # ... and 40 mm wider each side
+    poses = shift_keypoint_conventions(torch.as_tensor(arrays.pose_3d_cam_mm, dtype=torch.float64), offsets).numpy()
+    keypoints = project_to_pixels(poses, arrays.intrinsics.astype(np.float64))
+    lifter = Lifter.from_checkpoint(checkpoint)
+    focal, center = arrays.intrinsics[:, :2], arrays.intrinsics[:, 2:4]
+    assert lifter.model.fit_2d
+    fitted = lifter.lift(keypoints, focal, center).poses_3d
+    lifter.model.fit_2d = False
+    decoded = lifter.lift(keypoints, focal, center).poses_3d
+    truth = root_relative(poses)
+    assert mpjpe(fitted, truth).mean() < 0.9 * mpjpe(decoded, truth).mean()
+    # Fitted: some root depth puts every joint on its keypoint's ray.
+    rays = (keypoints - center[:, None]) / focal[:, None]
+    root_depth = (fitted[:, 1, 0] - rays[:, 1, 0] * fitted[:, 1, 2]) / (rays[:, 1, 0] - rays[:, 0, 0])
+    on_rays = rays * (root_depth[:, None] + fitted[..., 2])[..., None] - rays[:, :1] * root_depth[:, None, None]
+    np.testing.assert_allclose(fitted[..., :2], on_rays, atol=0.05)

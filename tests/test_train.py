@@ -521,3 +521,23 @@ def test_checkpoints_set_aside_are_dropped_from_ray_trains_list(tmp_path):
     assert state["latest_checkpoint_result"]["checkpoint_dir_name"] == "b"  # the newest reported that is left
     assert state["pending_training_results"] == [] and state["pending_validation_specs"] == []
     assert state["validated_checkpoint_dir_names"] == ["a"] and state["current_report_index"] == 6
+
+
+def test_resuming_with_another_model_fails_at_once_naming_the_checkpoint(tiny_dataset, tmp_path):
+    """The same run name with a wider MLP: one ValueError naming the checkpoint, from `fit` and
+    from `hpe-ray train`'s launcher before Ray starts (a retry could not fix it)."""
+    import ray
+
+    from hpe_ray.distributed import run_training
+    from hpe_ray.training.loop import fit
+
+    run = tmp_path / "runs" / "tiny"
+    train_tiny_checkpoint(tiny_dataset, run, steps=5)
+    wider = load_checkpoint(run).cfg.with_overrides({"model.hidden": 64, "train.epochs": 2,
+                                                     "run.storage": str(tmp_path / "runs"), "run.name": "tiny"})
+    with pytest.raises(ValueError, match=r"checkpoint_epoch_0001: this run's checkpoint was made by another model"):
+        fit(wider, run)
+    assert not ray.is_initialized()
+    with pytest.raises(ValueError, match=r"checkpoint_epoch_0001: .*size mismatch"):
+        run_training(wider)
+    assert not ray.is_initialized()

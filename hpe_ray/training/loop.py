@@ -316,6 +316,18 @@ def log_epoch(metrics: dict[str, float], epochs: int) -> None:
                 losses, metrics["val_mpjpe"], metrics["val_pa_mpjpe"], metrics["train_samples_per_s"], skipped)
 
 
+def check_resumable(cfg: Config, state: dict[str, Any], directory: Path) -> None:
+    """ValueError naming the checkpoint when the model `cfg` builds cannot take its weights (a
+    run resumed with another model size or decoder): found before any training, or Ray start."""
+    try:
+        build_model(cfg, load_pretrained=False).load_state_dict(state["model"])
+    except RuntimeError as err:
+        mismatch = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise ValueError(f"{directory}: this run's checkpoint was made by another model than the config "
+                         f"describes ({mismatch}); resume it with its own config.yaml or start a new run "
+                         "(another run.name or run.storage)") from None
+
+
 def fit(cfg: Config, run_dir: str | Path, *, device: torch.device | str = "cpu",
         on_epoch: Callable[[dict[str, float], Path], None] | None = None) -> list[dict[str, float]]:
     """Train `cfg` in this process, one rank, no Ray; returns the metrics of each epoch run.
@@ -329,6 +341,7 @@ def fit(cfg: Config, run_dir: str | Path, *, device: torch.device | str = "cpu",
     set_aside_unreadable(run_dir)
     latest = latest_checkpoint_state(run_dir, map_location=device)
     if latest is not None:
+        check_resumable(cfg, *latest)
         logger.info("resuming from %s (epoch %d)", latest[1], latest[0]["epoch"])
     trainer = Trainer(cfg, device=device, state=latest[0] if latest else None)
     history = []
