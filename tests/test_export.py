@@ -72,12 +72,18 @@ def test_check_export_names_a_file_that_disagrees(exported, tiny_checkpoint):
 
 
 @pytest.mark.slow
-def test_pixel_mode_model_exports_keypoints_as_its_only_onnx_input(tiny_dataset, tmp_path):
-    checkpoint = train_tiny_checkpoint(tiny_dataset, tmp_path / "checkpoint", steps=10, mode_2d="pixel")
+@pytest.mark.parametrize("fit_2d", [False, True])
+def test_pixel_mode_model_takes_the_camera_only_for_the_2d_fit(tiny_dataset, tmp_path, fit_2d):
+    """Without the fit the keypoints are the ONNX graph's only input; the fit puts the pose on the
+    keypoints' rays, so it needs focal_px and center_px as well."""
+    checkpoint = train_tiny_checkpoint(tiny_dataset, tmp_path / "checkpoint", steps=10, mode_2d="pixel",
+                                       overrides={"model.fit_2d": fit_2d})
     export_lifter(checkpoint, tmp_path / "export", formats=("onnx",))
     graph = onnx.load(str(tmp_path / "export" / "lifter.onnx")).graph
-    assert [i.name for i in graph.input] == ["keypoints_2d_px"]
-    assert "unused" in json.loads((tmp_path / "export" / "lifter.json").read_text())["inputs"]["focal_px"]
+    assert [i.name for i in graph.input] == (["keypoints_2d_px", "focal_px", "center_px"] if fit_2d
+                                             else ["keypoints_2d_px"])
+    focal = json.loads((tmp_path / "export" / "lifter.json").read_text())["inputs"]["focal_px"]
+    assert ("unused" in focal) is not fit_2d
 
 
 def test_export_rejects_unknown_formats(tiny_checkpoint, tmp_path):

@@ -4,9 +4,9 @@ The exported model takes what a detector gives and returns what a user wants, so
 hpe-ray is needed to run it:
 
     inputs   keypoints_2d_px (B, 17, 2) float32  full-image pixels, Human3.6M joint order
-             focal_px        (B, 2)     float32  fx, fy in pixels   } camera-mode models only:
-             center_px       (B, 2)     float32  cx, cy in pixels   } absent from the ONNX
-                                                                      graph of pixel-mode ones
+             focal_px        (B, 2)     float32  fx, fy in pixels   } absent from the ONNX graph
+             center_px       (B, 2)     float32  cx, cy in pixels   } of a pixel-mode model built
+                                                                      without model.fit_2d
              keypoint_scores (B, 17)    float32  detector confidence per joint in [0, 1]; models
                                                  trained with data.keypoint_scores only (0 for a
                                                  missing joint, whose x, y must still be finite)
@@ -34,7 +34,7 @@ from hpe_ray.data.batch import scored_pose_2d
 from hpe_ray.dependencies import import_extra
 from hpe_ray.normalization import NormStats, denormalize_3d, normalize_2d
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
-from hpe_ray.training.checkpoint import load_checkpoint
+from hpe_ray.training.checkpoint import LoadedCheckpoint, load_checkpoint
 
 FORMATS = ("torchscript", "onnx")
 FILE_NAMES = {"torchscript": "lifter.pt", "onnx": "lifter.onnx"}
@@ -117,8 +117,8 @@ def export_lifter(checkpoint, out_dir: str | Path, formats: Sequence[str] = FORM
     differences = check_export(module, paths, example_inputs(loaded.stats, batch=257, seed=1, scores=module.scored),
                                loaded.stats)
     described_inputs = {"keypoints_2d_px": "(B, 17, 2) float32, full-image pixels",
-                        "focal_px": "(B, 2) float32, fx fy pixels" + _unused_note(loaded.stats),
-                        "center_px": "(B, 2) float32, cx cy pixels" + _unused_note(loaded.stats)}
+                        "focal_px": "(B, 2) float32, fx fy pixels" + _unused_note(loaded),
+                        "center_px": "(B, 2) float32, cx cy pixels" + _unused_note(loaded)}
     if module.scored:
         described_inputs["keypoint_scores"] = ("(B, 17) float32, detector confidence per joint in [0, 1]; 0 for a "
                                                "missing joint, whose x, y must still be finite (e.g. a neighbour's)")
@@ -196,5 +196,7 @@ def _quiet_torch_export() -> Iterator[None]:
         yield
 
 
-def _unused_note(stats: NormStats) -> str:
-    return "; unused by this pixel-mode model (absent from the ONNX graph)" if stats.mode_2d == "pixel" else ""
+def _unused_note(loaded: LoadedCheckpoint) -> str:
+    # The fit to the 2D puts the pose on the keypoints' rays, so it needs the camera in any mode.
+    unused = loaded.stats.mode_2d == "pixel" and not loaded.model.fit_2d
+    return "; unused by this pixel-mode model without the 2D fit (absent from the ONNX graph)" if unused else ""

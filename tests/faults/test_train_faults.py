@@ -70,7 +70,9 @@ def test_train_stopped_by_sigint_sigterm_and_sigkill_resumes_each_time_where_it_
         assert len(complete_epochs(run_dir)) <= 2 + 2, complete_epochs(run_dir)
         epoch, previous, started = epoch + 1, signum, time.monotonic()
     _, output = _stop(start_hpe(*command, cwd=tmp_path), run_dir, epoch, signal.SIGKILL)
-    assert _resumed_epochs(output, epoch - 1)[0] == epoch, output[-3000:]
+    # SIGKILL drops the worker's log lines still on their way to the driver: the epoch that made
+    # `epoch`'s checkpoint may be missing from the log, but no earlier epoch may be in it.
+    assert all(trained >= epoch for trained in _resumed_epochs(output, epoch - 1)), output[-3000:]
     rows[signal.SIGTERM].recovered("survived: resumed at the last checkpointed epoch, trained only the missing ones",
                                    time.monotonic() - started)
     time.sleep(3)  # the worker may still finish an epoch before Ray notices its driver is gone
