@@ -8,7 +8,8 @@ Training sets (poses only, converted under --data-root when missing): the embedd
 default (four Human3.6M-like cameras) and Bandai-Namco mocap (styles angry + old held out for
 test, tired for validation). Each model is trained in this process by the training core
 (`hpe_ray.training.loop.fit`) with the same epochs, steps, batch, learning rate and seed, and its
-best-validation checkpoint is lifted through `hpe_ray.inference.Lifter` on:
+best-validation checkpoint is lifted through `hpe_ray.inference.Lifter` (FIT_ROWS: the same
+checkpoint again with another model.fit_2d strength, no retraining) on:
 
 - seen: the training set's own test split (its cameras);
 - virtual: the same kind of data through the converter's random virtual cameras;
@@ -19,6 +20,7 @@ best-validation checkpoint is lifted through `hpe_ray.inference.Lifter` on:
   converter or 2D detector would place them; --convention-draws draws), 3D and 2D alike;
 - noisy 2D: the test keypoints with Gaussian noise like a detector's, sigma per sample uniform
   up to NOISE_MAX_SIGMA of the 2D pose's height (about 5 px on average at 5 m here);
+- conventions + noise: both at once, as a detector's 2D is (the same draws as conventions);
 - cross: the other training set's test split, and the CMU clip (another rig and skeleton).
 
 Errors are Protocol 1 (MPJPE) and 2 (PA-MPJPE), mm, action-wise averages, from the latent
@@ -68,6 +70,8 @@ MODELS = {
     "default, deterministic": (None, {"model.deterministic": True}),
     "default, no 2D fit": (None, {"model.fit_2d": False}),
 }
+# Row -> (the MODELS row whose checkpoint it lifts, model.fit_2d for lifting it).
+FIT_ROWS = {"default, fit 0.5": ("default VAE", 0.5)}
 HYPOTHESES = (1, 5, 10, 50)
 OUTSIDE_RANGES = dict(distance_mm=(8000.0, 12000.0), elevation_deg=(45.0, 60.0), field_of_view_deg=(90.0, 110.0))
 CONVENTION_SHIFT_MM = 40.0
@@ -163,8 +167,9 @@ def score(lifter: Lifter, arrays: PoseArrays, hypotheses: int = 1, seed: int = 0
             **summarize_hypotheses(per_sample)}
 
 
-def evaluate_model(checkpoint: Path, train_set: str, dirs: dict[str, Path], draws: int) -> dict[str, dict]:
-    lifter = Lifter.from_checkpoint(checkpoint)
+def evaluate_model(checkpoint: Path, train_set: str, dirs: dict[str, Path], draws: int,
+                   fit_2d: float | None = None) -> dict[str, dict]:
+    lifter = Lifter.from_checkpoint(checkpoint, fit_2d=fit_2d)
     own_test = load_pose_arrays(dirs[train_set], "test")
     results = {"seen": score(lifter, own_test, hypotheses=max(HYPOTHESES))}
     if f"{train_set}-virtual" in dirs:
@@ -173,6 +178,8 @@ def evaluate_model(checkpoint: Path, train_set: str, dirs: dict[str, Path], draw
     shifted = [score(lifter, convention_view(own_test, seed=100 + i)) for i in range(draws)]
     results["conventions"] = {k: float(np.mean([s[k] for s in shifted])) for k in shifted[0]}
     results["noisy 2D"] = score(lifter, noisy_view(own_test, seed=2))
+    both = [score(lifter, noisy_view(convention_view(own_test, seed=100 + i), seed=2 + i)) for i in range(draws)]
+    results["conventions + noise"] = {k: float(np.mean([s[k] for s in both])) for k in both[0]}
     for other in ("synthetic", "bandai", "cmu"):
         if other != train_set and other in dirs:
             results[f"on {other}"] = score(lifter, load_pose_arrays(dirs[other], "test"))
@@ -250,6 +257,10 @@ def main() -> None:
             report["train_seconds"][f"{train_set}/{model}"] = round(time.perf_counter() - tic)
             report["results"].setdefault(train_set, {})[model] = evaluate_model(
                 run_dir, train_set, dirs, args.convention_draws)
+            for row, (source, fit_2d) in FIT_ROWS.items():
+                if source == model:
+                    report["results"][train_set][row] = evaluate_model(run_dir, train_set, dirs,
+                                                                       args.convention_draws, fit_2d)
             print(f"{train_set} / {model}: trained in {report['train_seconds'][f'{train_set}/{model}']} s, "
                   f"seen {report['results'][train_set][model]['seen']['mpjpe']:.1f} mm", file=sys.stderr)
     report["wall_seconds"] = round(time.perf_counter() - started)

@@ -115,7 +115,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from hpe_ray.evaluate import evaluate_checkpoint, format_table, write_tables
 
     result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split,
-                                 hypotheses=args.hypotheses, modality=args.modality)
+                                 hypotheses=args.hypotheses, modality=args.modality, fit_2d=args.fit_2d)
     print(format_table(result))
     out = args.out or str(Path(args.checkpoint).resolve().parent / "evaluation")
     for path in write_tables(result, out):
@@ -189,7 +189,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(predict_file(args.checkpoint, args.input, args.out, hypotheses=args.hypotheses,
                        images_dir=args.images, keypoint_format=args.format, focal_px=focal, center_px=args.center,
                        image_size_px=args.image_size, fov_deg=args.fov, min_score=args.min_score,
-                       smooth_frames=args.smooth, fps=args.fps, formats=("npz", *args.also)))
+                       smooth_frames=args.smooth, fps=args.fps, formats=("npz", *args.also), fit_2d=args.fit_2d))
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -221,6 +221,19 @@ def _add(sub, name: str, func: Callable, help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(func=func)
     return p
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _add_fit_2d(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fit-2d", type=_fraction, metavar="STRENGTH",
+                   help="how far each pose lifted from 2D moves onto its keypoints' rays, 0-1; None: the model's "
+                        "model.fit_2d (1 follows exact 2D, lower suits noisy detector 2D: README)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hypotheses", type=int, default=1, help="K for best-of-K sampling")
     p.add_argument("--modality", choices=["pose2d", "rgb"], default="pose2d", help="input: 2D keypoints or image crops")
     p.add_argument("--out", help="folder for CSV and Markdown tables (default: evaluation/ beside the checkpoint)")
+    _add_fit_2d(p)
 
     p = _add(sub, "tune", _cmd_tune, "hyperparameter search with Ray Tune + Optuna + ASHA")
     p.add_argument("--space", required=True, help="search space YAML, or a packaged one by name (quick, lifting, crossmodal)")
@@ -381,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=int, default=1, metavar="FRAMES",
                    help="odd moving-average window over each track's 3D poses (1: off)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate written into JSON and BVH")
+    _add_fit_2d(p)
 
     p = _add(sub, "export", _cmd_export, "export the 2D->3D lifter to TorchScript and ONNX")
     p.add_argument("--checkpoint", required=True, help="checkpoint file, checkpoint folder or run folder (its best checkpoint)")

@@ -112,11 +112,13 @@ class ModelConfig(_Strict):
     sample_dims: int | None = Field(8, ge=1)
     """Latent dims that carry the sampling noise (the first N; the rest decode at their mean), so
     hypotheses vary along a few learned directions; None, or N >= latent_dim: all (the thesis)."""
-    fit_2d: bool = True
-    """True: every 3D prediction from 2D keypoints is moved onto the keypoints' rays, depths kept
-    (`hpe_ray.camera.fit_to_keypoints`), in validation, `evaluate`, `predict` and export alike.
-    It follows the 2D where that is exact and its conventions differ from the training data's;
-    with noisy 2D it passes the noise on (see the README's generalisation table)."""
+    fit_2d: float = Field(1.0, ge=0.0, le=1.0)
+    """How far every 3D prediction from 2D keypoints is moved onto the keypoints' rays, depths
+    kept (`hpe_ray.camera.fit_to_keypoints`), in validation, `evaluate`, `predict` and export
+    alike: 1 puts each joint's x, y on its ray, 0 leaves the decoded pose, between part way
+    (true / false read as 1 / 0). 1 follows exact 2D placed by other conventions; noisy 2D passes
+    its noise on, and part way does better there (README, "Lifting that travels"). `predict
+    --fit-2d` and `evaluate --fit-2d` override it for one run, no retraining."""
     image_pretrained: str | None = None
     """Local path to ImageNet ResNet-18 weights, or 'torchvision' for torchvision's cache."""
 

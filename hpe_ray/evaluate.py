@@ -52,15 +52,17 @@ class EvalResult:
 
 
 def evaluate_checkpoint(checkpoint, data_dir: str | Path, *, split: str = "test", hypotheses: int = 1,
-                        modality: str = "pose2d", device: str | torch.device = "cpu", seed: int = 0) -> EvalResult:
+                        modality: str = "pose2d", device: str | torch.device = "cpu", seed: int = 0,
+                        fit_2d: float | None = None) -> EvalResult:
     """Evaluate a checkpoint (file, checkpoint directory or run directory) on one split.
 
     modality: the encoder to lift from, "pose2d" or "rgb". hypotheses: K for best of K; the
-    best-of-K columns appear only for K > 1. seed fixes the sampled hypotheses.
+    best-of-K columns appear only for K > 1. seed fixes the sampled hypotheses. fit_2d: how far
+    predictions from 2D are fitted to it, in [0, 1] (None: the model's model.fit_2d).
     """
     if hypotheses < 1:
         raise ValueError(f"hypotheses must be >= 1, got {hypotheses}")
-    loaded = load_checkpoint(checkpoint, map_location=device)
+    loaded = load_checkpoint(checkpoint, map_location=device, fit_2d=fit_2d)
     encoders, decoders = loaded.cfg.modalities
     if modality not in encoders or "pose3d" not in decoders:
         raise ValueError(f"{loaded.path}: the model cannot lift from {modality!r} to 3D "

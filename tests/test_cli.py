@@ -98,6 +98,20 @@ def test_evaluate_rejects_a_misspelt_split_before_loading_anything(capsys):
     assert exit_.value.code == 2 and "invalid choice: 'tset'" in capsys.readouterr().err
 
 
+def test_evaluate_takes_the_fit_strength_for_one_run(tiny_checkpoint, tiny_dataset, tmp_path, capsys):
+    """`--fit-2d 0` lifts the same checkpoint unfitted (another table); a strength outside 0-1 is
+    one line from argparse, before anything loads."""
+    tables = []
+    for flags in ([], ["--fit-2d", "0"]):
+        assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(tiny_dataset),
+                     "--out", str(tmp_path / "evaluation"), *flags]) == 0
+        tables.append(capsys.readouterr().out.split("wrote")[0])
+    assert tables[0] != tables[1]
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--checkpoint", "x", "--input", "y", "--out", "z.npz", "--fit-2d", "1.5"])
+    assert exit_.value.code == 2 and "argument --fit-2d: must be between 0 and 1, got 1.5" in capsys.readouterr().err
+
+
 def test_data_errors_no_retry_can_fix_fail_before_ray_starts(tmp_path, capsys):
     """A missing folder, a truncated manifest, a corrupt stats.json, a NaN in a poses index:
     named in one line with exit code 2, before Ray starts (no retries, no traceback)."""

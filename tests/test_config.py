@@ -75,3 +75,12 @@ def test_a_stored_config_without_later_keys_reads_as_it_behaved_then():
     assert (old.model.conditioned, old.model.sample_dims, old.train.fit_sample_temperature) == (False, None, False)
     new = stored_config(Config().model_dump(), "new checkpoint")
     assert (new.model.conditioned, new.model.sample_dims, new.train.fit_sample_temperature) == (True, 8, True)
+
+
+def test_fit_2d_is_a_strength_and_reads_the_old_true_and_false():
+    """Checkpoints and configs written when model.fit_2d was on/off store true/false: 1 and 0."""
+    assert config_from_dict({"model": {"fit_2d": True}}).model.fit_2d == 1.0
+    assert config_from_dict({"model": {"fit_2d": False}}).model.fit_2d == 0.0
+    assert config_from_dict({"model": {"fit_2d": 0.5}}).model.fit_2d == 0.5
+    with pytest.raises(ConfigError, match=r"model\.fit_2d"):
+        config_from_dict({"model": {"fit_2d": -0.1}})

@@ -286,3 +286,19 @@ def test_fitting_to_the_2d_follows_keypoint_conventions_the_model_never_saw(tiny
     root_depth = (fitted[:, 1, 0] - rays[:, 1, 0] * fitted[:, 1, 2]) / (rays[:, 1, 0] - rays[:, 0, 0])
     on_rays = rays * (root_depth[:, None] + fitted[..., 2])[..., None] - rays[:, :1] * root_depth[:, None, None]
     np.testing.assert_allclose(fitted[..., :2], on_rays, atol=0.05)
+
+
+def test_fit_strength_moves_each_joint_that_share_of_the_way_onto_its_ray(tiny_checkpoint, tiny_dataset):
+    """model.fit_2d between 0 and 1, set for one lifter without retraining: the root depth of the
+    fit does not change with a constant strength, so fit_2d 0.5 lands exactly halfway between the
+    decoded pose (0) and the pose on the rays (1), depths kept."""
+    arrays = load_pose_arrays(tiny_dataset, "test")
+    focal, center = arrays.intrinsics[:32, :2], arrays.intrinsics[:32, 2:4]
+    poses = {strength: Lifter.from_checkpoint(tiny_checkpoint, fit_2d=strength).lift(
+        arrays.keypoints_2d_px[:32], focal, center).poses_3d for strength in (0.0, 0.5, 1.0)}
+    assert np.abs(poses[1.0] - poses[0.0])[..., :2].mean() > 1.0  # the fit moves the joints (mm)
+    np.testing.assert_allclose(poses[0.5][..., :2], (poses[0.0][..., :2] + poses[1.0][..., :2]) / 2, atol=1e-2)
+    np.testing.assert_allclose(poses[0.5][..., 2], poses[0.0][..., 2], atol=1e-3)
+    assert Lifter.from_checkpoint(tiny_checkpoint).model.fit_2d == 1.0  # the stored default
+    with pytest.raises(ValueError, match="model.fit_2d"):
+        Lifter.from_checkpoint(tiny_checkpoint, fit_2d=1.5)

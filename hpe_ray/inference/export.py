@@ -32,6 +32,7 @@ from torch import nn
 from hpe_ray.camera import fit_to_keypoints, pixels_to_normalized
 from hpe_ray.data.batch import scored_pose_2d
 from hpe_ray.dependencies import import_extra
+from hpe_ray.models.predict import fit_weights
 from hpe_ray.normalization import NormStats, denormalize_3d, normalize_2d
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
 from hpe_ray.training.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -50,7 +51,7 @@ EXAMPLE_DEPTH_MM = 5000.0
 
 class ExportableLifter(nn.Module):
     """Pixels in, millimetres out: normalise the 2D keypoints, encode, decode the latent mean,
-    denormalise, and for a model built with fit_2d put the pose on the keypoints' rays. The same
+    denormalise, and for a model built with fit_2d > 0 move the pose towards the keypoints' rays. The same
     functions as `predict`, so exported and Python predictions agree. A model trained with
     data.keypoint_scores (`scored`) also takes keypoint_scores (B, 17)."""
 
@@ -67,10 +68,10 @@ class ExportableLifter(nn.Module):
             pose_2d = scored_pose_2d(pose_2d, keypoint_scores.clamp(0.0, 1.0))
         mu, _ = self.vae.encode("pose2d", pose_2d)
         pose_3d_mm = denormalize_3d(self.vae.decode("pose3d", mu), self.stats)
-        if self.vae.fit_2d:
-            weights = keypoint_scores.clamp(0.0, 1.0) if self.scored and keypoint_scores is not None else None
-            pose_3d_mm = fit_to_keypoints(pose_3d_mm, pixels_to_normalized(keypoints_2d_px, focal_px, center_px),
-                                          weights=weights)
+        if self.vae.fit_2d > 0:
+            rays = pixels_to_normalized(keypoints_2d_px, focal_px, center_px)
+            weights = fit_weights(self.vae.fit_2d, keypoint_scores if self.scored else None, rays)
+            pose_3d_mm = fit_to_keypoints(pose_3d_mm, rays, weights=weights)
         return pose_3d_mm
 
 
@@ -198,5 +199,5 @@ def _quiet_torch_export() -> Iterator[None]:
 
 def _unused_note(loaded: LoadedCheckpoint) -> str:
     # The fit to the 2D puts the pose on the keypoints' rays, so it needs the camera in any mode.
-    unused = loaded.stats.mode_2d == "pixel" and not loaded.model.fit_2d
+    unused = loaded.stats.mode_2d == "pixel" and loaded.model.fit_2d == 0
     return "; unused by this pixel-mode model without the 2D fit (absent from the ONNX graph)" if unused else ""

@@ -64,9 +64,11 @@ class Lifter:
 
     @classmethod
     def from_checkpoint(cls, path, device: str | torch.device = "cpu",
-                        default_camera: tuple[np.ndarray, np.ndarray] | None = None) -> Lifter:
-        """Load a checkpoint file, checkpoint directory or run directory (best val_mpjpe)."""
-        return cls(load_checkpoint(path, map_location=device), device, default_camera)
+                        default_camera: tuple[np.ndarray, np.ndarray] | None = None,
+                        fit_2d: float | None = None) -> Lifter:
+        """Load a checkpoint file, checkpoint directory or run directory (best val_mpjpe);
+        fit_2d in [0, 1] overrides the model's model.fit_2d (None: the model's)."""
+        return cls(load_checkpoint(path, map_location=device, fit_2d=fit_2d), device, default_camera)
 
     @property
     def image_size(self) -> int:
@@ -89,7 +91,7 @@ class Lifter:
     def uses_camera(self) -> bool:
         """Whether intrinsics improve the result: needed (`needs_camera`), or used to fit the
         poses to their keypoints in perspective (model.fit_2d; weak perspective without them)."""
-        return self.needs_camera or self.checkpoint.cfg.model.fit_2d
+        return self.needs_camera or self.model.fit_2d > 0
 
     def default_camera(self) -> tuple[np.ndarray, np.ndarray]:
         """(focal_px, center_px) for inputs without intrinsics (see the class docstring)."""

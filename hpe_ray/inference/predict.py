@@ -83,7 +83,8 @@ def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Pa
                  images_dir: str | Path | None = None, keypoint_format: str = "auto", *,
                  focal_px=None, center_px=None, image_size_px=None, fov_deg: float = DEFAULT_FOV_DEG,
                  min_score: float = DEFAULT_MIN_SCORE, smooth_frames: int = 1, fps: float = 30.0,
-                 formats=("npz",), batch_size: int = 1024, device: str = "cpu", seed: int = 0) -> PredictSummary:
+                 formats=("npz",), batch_size: int = 1024, device: str = "cpu", seed: int = 0,
+                 fit_2d: float | None = None) -> PredictSummary:
     """Lift a keypoint file and/or a folder of crops with a checkpoint; write `output` (.npz) and
     the other `formats` beside it (`<stem>.json`, `<stem>.bvh` or `<stem>_<track>.bvh`).
 
@@ -93,7 +94,8 @@ def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Pa
     with fov_deg (degrees across the longer side) when no camera is known. min_score: detector
     confidence below which a joint is filled from neighbouring frames of its track.
     smooth_frames: odd moving-average window over each track's 3D mean poses (1 = off).
-    fps: frame rate written into the JSON and BVH.
+    fps: frame rate written into the JSON and BVH. fit_2d: how far the poses are fitted to the
+    keypoints, in [0, 1] (None: the model's model.fit_2d; lower for noisy 2D).
     """
     if keypoints_path is None and images_dir is None:
         raise ValueError("nothing to predict: give a keypoint file, a folder of crops (images_dir), or both")
@@ -104,7 +106,7 @@ def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Pa
         raise ValueError(f"smooth_frames must be an odd number >= 1, got {smooth_frames}")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    lifter = Lifter.from_checkpoint(checkpoint, device=device)
+    lifter = Lifter.from_checkpoint(checkpoint, device=device, fit_2d=fit_2d)
     output = Path(output)
     summary = PredictSummary(output=output, hypotheses=hypotheses)
     arrays: dict[str, np.ndarray] = {"joint_names": np.asarray(JOINT_NAMES)}

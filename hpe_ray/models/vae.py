@@ -77,7 +77,7 @@ class CrossModalVAE(nn.Module):
                  blocks: int = 5, batch_norm: bool = False, dropout: float = 0.0, residual: bool = False,
                  image_pretrained: str | None = None, deterministic: bool = False, num_joints: int = 16,
                  allow_download: bool = False, conditioned: bool = False, keypoint_scores: bool = False,
-                 sample_dims: int | None = None, fit_2d: bool = False):
+                 sample_dims: int | None = None, fit_2d: float = 0.0):
         super().__init__()
         if sample_dims is not None and sample_dims < 1:
             raise ValueError(f"sample_dims must be >= 1 or None, got {sample_dims}")

@@ -100,15 +100,18 @@ def write_atomic(path: Path, data: bytes | memoryview) -> None:
         raise OSError(err.errno, f"{err.strerror} while writing", str(path)) from None
 
 
-def load_checkpoint(path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+def load_checkpoint(path, map_location: str | torch.device = "cpu", fit_2d: float | None = None) -> LoadedCheckpoint:
     """Load a checkpoint and rebuild its model in eval mode.
 
     path: checkpoint.pt, a checkpoint directory (a Ray `Checkpoint` or its local path), or a
-    run directory, from which the checkpoint with the lowest val_mpjpe is taken.
+    run directory, from which the checkpoint with the lowest val_mpjpe is taken. fit_2d in
+    [0, 1] replaces the stored model.fit_2d (None: keep it): it changes no weight.
     """
     file = resolve_checkpoint_file(path)
     state = read_checkpoint_state(file, map_location)
     cfg = stored_config(state["config"], origin=str(file))
+    if fit_2d is not None:
+        cfg = cfg.with_overrides({"model.fit_2d": fit_2d})
     model = build_model(cfg, load_pretrained=False)
     model.load_state_dict(state["model"])
     model.to(map_location).eval()
