@@ -1,7 +1,7 @@
 """Lifting that travels, hypotheses that help: every lifter at the same budget, tested on views,
 bodies and keypoint conventions it never saw.
 
-    python benchmarks/generalisation.py --out runs/generalisation            # about 40 min on 2 CPU cores
+    python benchmarks/generalisation.py --out runs/generalisation            # about 21 min on 2 CPU cores
     python benchmarks/generalisation.py --epochs 2 --steps-per-epoch 20 --datasets synthetic   # smoke run
 
 Training sets (poses only, converted under --data-root when missing): the embedded synthetic
