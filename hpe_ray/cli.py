@@ -195,7 +195,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from hpe_ray.inference import export_lifter
 
-    for path in export_lifter(args.checkpoint, args.out, formats=tuple(args.formats)):
+    for path in export_lifter(args.checkpoint, args.out, formats=tuple(args.formats), fit_2d=args.fit_2d):
         print(f"wrote {path}")
 
 
@@ -402,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--formats", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"],
                    help="files to write")
+    _add_fit_2d(p)
 
     p = _add(sub, "demo", _cmd_demo, "the main job: default dataset + quick search + leaderboard + cross-modal stage")
     p.add_argument("--data", default="data/synthetic", help="dataset folder (generated when missing)")

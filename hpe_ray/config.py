@@ -117,8 +117,8 @@ class ModelConfig(_Strict):
     kept (`hpe_ray.camera.fit_to_keypoints`), in validation, `evaluate`, `predict` and export
     alike: 1 puts each joint's x, y on its ray, 0 leaves the decoded pose, between part way
     (true / false read as 1 / 0). 1 follows exact 2D placed by other conventions; noisy 2D passes
-    its noise on, and part way does better there (README, "Lifting that travels"). `predict
-    --fit-2d` and `evaluate --fit-2d` override it for one run, no retraining."""
+    its noise on, and part way does better there (README, "Lifting that travels"). `--fit-2d` of
+    `predict`, `evaluate` and `export` overrides it, no retraining."""
     image_pretrained: str | None = None
     """Local path to ImageNet ResNet-18 weights, or 'torchvision' for torchvision's cache."""
 

@@ -72,18 +72,20 @@ def test_check_export_names_a_file_that_disagrees(exported, tiny_checkpoint):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fit_2d", [False, True])
-def test_pixel_mode_model_takes_the_camera_only_for_the_2d_fit(tiny_dataset, tmp_path, fit_2d):
+@pytest.mark.parametrize("trained, exported_with, camera", [(0.0, None, False), (1.0, None, True), (1.0, 0.0, False)])
+def test_pixel_mode_model_takes_the_camera_only_for_the_2d_fit(tiny_dataset, tmp_path, trained, exported_with, camera):
     """Without the fit the keypoints are the ONNX graph's only input; the fit puts the pose on the
-    keypoints' rays, so it needs focal_px and center_px as well."""
+    keypoints' rays, so it needs focal_px and center_px as well. export's fit_2d overrides the
+    model's, and lifter.json records the strength baked in."""
     checkpoint = train_tiny_checkpoint(tiny_dataset, tmp_path / "checkpoint", steps=10, mode_2d="pixel",
-                                       overrides={"model.fit_2d": fit_2d})
-    export_lifter(checkpoint, tmp_path / "export", formats=("onnx",))
+                                       overrides={"model.fit_2d": trained})
+    export_lifter(checkpoint, tmp_path / "export", formats=("onnx",), fit_2d=exported_with)
     graph = onnx.load(str(tmp_path / "export" / "lifter.onnx")).graph
-    assert [i.name for i in graph.input] == (["keypoints_2d_px", "focal_px", "center_px"] if fit_2d
+    assert [i.name for i in graph.input] == (["keypoints_2d_px", "focal_px", "center_px"] if camera
                                              else ["keypoints_2d_px"])
-    focal = json.loads((tmp_path / "export" / "lifter.json").read_text())["inputs"]["focal_px"]
-    assert ("unused" in focal) is not fit_2d
+    info = json.loads((tmp_path / "export" / "lifter.json").read_text())
+    assert ("unused" in info["inputs"]["focal_px"]) is not camera
+    assert info["fit_2d"] == (trained if exported_with is None else exported_with)
 
 
 def test_export_rejects_unknown_formats(tiny_checkpoint, tmp_path):

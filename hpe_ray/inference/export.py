@@ -90,8 +90,10 @@ def example_inputs(stats: NormStats, batch: int = 64, seed: int = 0, scores: boo
     return keypoints_2d_px, focal_px, center_px
 
 
-def export_lifter(checkpoint, out_dir: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+def export_lifter(checkpoint, out_dir: str | Path, formats: Sequence[str] = FORMATS,
+                  fit_2d: float | None = None) -> list[Path]:
     """Export a checkpoint's 2D -> 3D path to out_dir; returns the files written (the last is lifter.json).
+    fit_2d: the strength of the fit to the 2D baked into the export (None: the model's model.fit_2d).
 
     Each export is checked against PyTorch (`check_export`); a difference over
     CHECK_TOLERANCE_STD raises ValueError before lifter.json is written.
@@ -102,7 +104,7 @@ def export_lifter(checkpoint, out_dir: str | Path, formats: Sequence[str] = FORM
     if "onnx" in formats:  # before any file is written: ONNX export and its check need both
         for module in ("onnx", "onnxruntime"):
             import_extra(module, "export", "exporting to ONNX")
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, fit_2d=fit_2d)
     if "pose2d" not in loaded.model.encoders or "pose3d" not in loaded.model.decoders:
         raise ValueError(f"{loaded.path}: no 2D -> 3D path to export (encoders {sorted(loaded.model.encoders)}, "
                          f"decoders {sorted(loaded.model.decoders)})")
@@ -125,6 +127,7 @@ def export_lifter(checkpoint, out_dir: str | Path, formats: Sequence[str] = FORM
                                                "missing joint, whose x, y must still be finite (e.g. a neighbour's)")
     description = {
         "checkpoint": str(loaded.path), "epoch": loaded.epoch, "mode_2d": loaded.stats.mode_2d,
+        "fit_2d": loaded.model.fit_2d,
         "inputs": described_inputs,
         "output": {OUTPUT_NAME: "(B, 17, 3) float32, root-relative camera frame (x right, y down, "
                                 "z forward), mm, joint 0 (pelvis) at zero"},
