@@ -167,22 +167,29 @@ def score(lifter: Lifter, arrays: PoseArrays, hypotheses: int = 1, seed: int = 0
             **summarize_hypotheses(per_sample)}
 
 
-def evaluate_model(checkpoint: Path, train_set: str, dirs: dict[str, Path], draws: int,
-                   fit_2d: float | None = None) -> dict[str, dict]:
-    lifter = Lifter.from_checkpoint(checkpoint, fit_2d=fit_2d)
+def evaluation_views(train_set: str, dirs: dict[str, Path], draws: int) -> dict[str, list[PoseArrays]]:
+    """{view: the test arrays it is scored on, several draws averaged}, built once per training
+    set for every model; "seen" first (the only view scored with hypotheses)."""
     own_test = load_pose_arrays(dirs[train_set], "test")
-    results = {"seen": score(lifter, own_test, hypotheses=max(HYPOTHESES))}
+    views = {"seen": [own_test]}
     if f"{train_set}-virtual" in dirs:
-        results["virtual"] = score(lifter, load_pose_arrays(dirs[f"{train_set}-virtual"], "test"))
-    results["outside"] = score(lifter, outside_view(own_test, seed=1))
-    shifted = [score(lifter, convention_view(own_test, seed=100 + i)) for i in range(draws)]
-    results["conventions"] = {k: float(np.mean([s[k] for s in shifted])) for k in shifted[0]}
-    results["noisy 2D"] = score(lifter, noisy_view(own_test, seed=2))
-    both = [score(lifter, noisy_view(convention_view(own_test, seed=100 + i), seed=2 + i)) for i in range(draws)]
-    results["conventions + noise"] = {k: float(np.mean([s[k] for s in both])) for k in both[0]}
+        views["virtual"] = [load_pose_arrays(dirs[f"{train_set}-virtual"], "test")]
+    views["outside"] = [outside_view(own_test, seed=1)]
+    views["conventions"] = [convention_view(own_test, seed=100 + i) for i in range(draws)]
+    views["noisy 2D"] = [noisy_view(own_test, seed=2)]
+    views["conventions + noise"] = [noisy_view(shifted, seed=2 + i) for i, shifted in enumerate(views["conventions"])]
     for other in ("synthetic", "bandai", "cmu"):
         if other != train_set and other in dirs:
-            results[f"on {other}"] = score(lifter, load_pose_arrays(dirs[other], "test"))
+            views[f"on {other}"] = [load_pose_arrays(dirs[other], "test")]
+    return views
+
+
+def evaluate_model(lifter: Lifter, views: dict[str, list[PoseArrays]]) -> dict[str, dict]:
+    """{view: its scores (`score`), the mean over the view's draws}."""
+    results = {}
+    for view, draws in views.items():
+        scores = [score(lifter, arrays, hypotheses=max(HYPOTHESES) if view == "seen" else 1) for arrays in draws]
+        results[view] = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
     return results
 
 
@@ -243,6 +250,7 @@ def main() -> None:
         if train_set not in dirs:
             print(f"skipping {train_set}: its source is not here", file=sys.stderr)
             continue
+        views = evaluation_views(train_set, dirs, args.convention_draws)
         for model in args.models:
             run_dir = args.out / "runs" / f"{train_set}-{model.replace(' ', '-').replace(',', '')}"
             config_file, overrides = MODELS[model]
@@ -255,12 +263,11 @@ def main() -> None:
             shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own run: always a fresh start
             fit(cfg, run_dir)
             report["train_seconds"][f"{train_set}/{model}"] = round(time.perf_counter() - tic)
-            report["results"].setdefault(train_set, {})[model] = evaluate_model(
-                run_dir, train_set, dirs, args.convention_draws)
+            report["results"].setdefault(train_set, {})[model] = evaluate_model(Lifter.from_checkpoint(run_dir), views)
             for row, (source, fit_2d) in FIT_ROWS.items():
                 if source == model:
-                    report["results"][train_set][row] = evaluate_model(run_dir, train_set, dirs,
-                                                                       args.convention_draws, fit_2d)
+                    report["results"][train_set][row] = evaluate_model(
+                        Lifter.from_checkpoint(run_dir, fit_2d=fit_2d), views)
             print(f"{train_set} / {model}: trained in {report['train_seconds'][f'{train_set}/{model}']} s, "
                   f"seen {report['results'][train_set][model]['seen']['mpjpe']:.1f} mm", file=sys.stderr)
     report["wall_seconds"] = round(time.perf_counter() - started)

@@ -69,7 +69,7 @@ class CrossModalVAE(nn.Module):
     limb depth) and cover them with few samples; None (or N >= latent_dim): every dim. The buffer
     `sample_temperature` scales the posterior's std when `lift` draws hypotheses (training
     samples at 1); `hpe_ray.training.loop.fit_sample_temperature` sets it on validation data.
-    `fit_2d=True`: predictions from 2D are put on the keypoints' rays (`predict_pose_3d_mm`).
+    `fit_2d` in [0, 1]: how far predictions from 2D move onto the keypoints' rays (`predict_pose_3d_mm`).
     """
 
     def __init__(self, latent_dim: int = 100, encoders: Iterable[str] = ("pose2d",),
