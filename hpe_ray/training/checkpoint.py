@@ -127,14 +127,22 @@ def read_checkpoint_state(path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for missing, truncated or foreign files
-        # torch's own text runs over several lines (and suggests weights_only=False, which would
-        # run code from the file): the first line says what is wrong.
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{file}: not a readable hpe-ray checkpoint ({first_line})") from err
+        raise ValueError(f"{file}: not a readable hpe-ray checkpoint ({_load_failure(err)})") from err
     missing = {"model", "optimizer", "scheduler", "stats", "config", "epoch", "metrics", "extra"} - set(state)
     if missing:
         raise ValueError(f"{file}: not an hpe-ray checkpoint, missing entries {sorted(missing)}")
     return state
+
+
+def _load_failure(err: Exception) -> str:
+    """What is wrong with the file, in one line. torch's own text runs over several lines and, for a
+    file the weights-only unpickler refuses, advises weights_only=False, which would run code from
+    the file: keep only the unpickler's reason."""
+    text = str(err).strip()
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return f"the weights-only unpickler refused it: {reason[0] if reason else 'no reason given'}"
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def resolve_checkpoint_file(path) -> Path:
