@@ -217,8 +217,18 @@ def _cmd_requirements(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- parser
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is None or False (no value, an off switch) or the help
+    already says what it is: "(default 4) (default: None)" told users two things."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add(sub, name: str, func: Callable, help: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
     p.set_defaults(func=func)
     return p
 
@@ -232,8 +242,8 @@ def _fraction(text: str) -> float:
 
 def _add_fit_2d(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit-2d", type=_fraction, metavar="STRENGTH",
-                   help="how far each pose lifted from 2D moves onto its keypoints' rays, 0-1; None: the model's "
-                        "model.fit_2d (1 follows exact 2D, lower suits noisy detector 2D: README)")
+                   help="how far each pose lifted from 2D moves onto its keypoints' rays, 0-1; 1 follows exact 2D, "
+                        "lower suits noisy detector 2D: README (default: the model's model.fit_2d)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="generate or convert datasets into WebDataset shards",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                          formatter_class=_HelpFormatter)
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = _add(dsub, "synth", _cmd_data_synth, "generate the embedded synthetic default dataset")
     p.add_argument("--out", required=True, help="dataset folder to write (shards, *-poses.npz, manifest.json, stats.json)")

@@ -64,9 +64,12 @@ def test_version_and_every_flag_has_help_with_its_default():
 
     done = subprocess.run([sys.executable, "-m", "hpe_ray", "--version"], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == f"hpe-ray {__version__}"
-    undocumented = []
+    undocumented, said_twice = [], []
 
     def walk(parser, path):
+        # a default shown once, and none for flags without one ("(default 4) (default: None)" was shown)
+        text = " ".join(parser.format_help().split())
+        said_twice.extend(f"{path}: {shown}" for shown in ("(default: None)", "(default: False)") if shown in text)
         for action in parser._actions:
             if hasattr(action, "choices") and isinstance(action.choices, dict) and action.nargs == "A...":
                 for name, sub in action.choices.items():
@@ -76,6 +79,7 @@ def test_version_and_every_flag_has_help_with_its_default():
 
     walk(build_parser(), "hpe-ray")
     assert undocumented == []
+    assert said_twice == []
 
 
 @pytest.mark.parametrize("contents", [b"not a checkpoint at all", b"garbage\n", b"PK\x03\x04 truncated zip"])
