@@ -271,3 +271,18 @@ def intrinsics_from_image_size(width_px: float, height_px: float,
         raise ValueError(f"field of view must be between 0 and 180 degrees, got {fov_deg}")
     focal = 0.5 * max(width_px, height_px) / np.tan(np.radians(fov_deg) / 2)
     return np.array([focal, focal]), np.array([width_px / 2, height_px / 2], dtype=np.float64)
+
+
+def per_sample_pixels(value, count: int, name: str) -> np.ndarray:
+    """One (2,) pixel pair for all samples, or one per sample: (2,) or (N, 2) -> (N, 2) float64.
+
+    >>> per_sample_pixels([1000, 1000], 2, "focal_px")
+    array([[1000., 1000.],
+           [1000., 1000.]])
+    """
+    value = np.asarray(value, dtype=np.float64)
+    if value.shape == (2,):
+        return np.broadcast_to(value, (count, 2)).copy()
+    if value.shape != (count, 2):
+        raise ValueError(f"{name} has shape {value.shape}, expected (2,) or ({count}, 2) pixels")
+    return value

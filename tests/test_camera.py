@@ -31,6 +31,14 @@ def test_intrinsics_vector_round_trip():
     assert back.image_size == (1000, 1000)
 
 
+def test_per_sample_pixels_broadcasts_one_pair_and_names_a_bad_shape():
+    np.testing.assert_array_equal(camera.per_sample_pixels([1000, 1100], 3, "focal_px"), [[1000, 1100]] * 3)
+    one_each = np.array([[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(camera.per_sample_pixels(one_each, 2, "center_px"), one_each)
+    with pytest.raises(ValueError, match=r"center_px has shape \(3, 2\), expected \(2,\) or \(2, 2\) pixels"):
+        camera.per_sample_pixels(np.zeros((3, 2)), 2, "center_px")
+
+
 def test_intrinsics_reject_bad_shapes():
     with pytest.raises(ValueError, match="radial"):
         Intrinsics(np.ones(2), np.ones(2), np.zeros(2), np.zeros(2), (10, 10))

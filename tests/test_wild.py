@@ -94,6 +94,16 @@ def test_videopose3d_custom_npz_gives_tracks_and_image_size(tmp_path):
     np.testing.assert_allclose(read.keypoints_2d_px[3], coco_to_h36m(_coco_xy(3)))
 
 
+def test_a_camera_array_of_the_wrong_shape_is_named_with_its_file(tmp_path):
+    path = tmp_path / "keypoints.npz"
+    np.savez(path, keypoints_2d=np.zeros((3, 17, 2)), focal=np.ones((2, 2)), center=np.zeros(2))
+    with pytest.raises(ValueError, match=r"keypoints.npz: focal has shape \(2, 2\), expected \(2,\) or \(3, 2\) pixels"):
+        read_keypoints(path)
+    np.savez(path, keypoints_2d=np.zeros((3, 17, 2)), focal=[1000.0, 1000.0], center=np.full((3, 2), 500.0))
+    read = read_keypoints(path)
+    assert read.focal_px.tolist() == [[1000.0, 1000.0]] * 3 and read.center_px.shape == (3, 2)
+
+
 RAN: list[str] = []
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpe_ray.camera import per_sample_pixels
 from hpe_ray.data.pickles import load_npz_object
 from hpe_ray.data.sample import BadSampleError
 from hpe_ray.skeleton import JOINT_NAMES, NUM_JOINTS
@@ -319,9 +320,11 @@ def read_keypoints_npz(path: str | Path, joint_order: str = "h36m") -> KeypointI
         missing = "center" if "focal" in arrays else "focal"
         raise BadSampleError(f"{path}: has {'focal' if missing == 'center' else 'center'} but no '{missing}'; "
                              f"give both camera fields (pixels) or neither (the checkpoint's training camera)")
-    camera = {name: _per_sample(arrays[key], count, key, path)
-              for name, key in (("focal", "focal"), ("center", "center"), ("image_size", "image_size"))
-              if key in arrays}
+    try:
+        camera = {key: per_sample_pixels(arrays[key], count, key) for key in ("focal", "center", "image_size")
+                  if key in arrays}
+    except ValueError as err:
+        raise BadSampleError(f"{path}: {err}") from None
     scores = arrays.get("scores", np.ones((count, NUM_JOINTS)))
     if np.shape(scores) != (count, NUM_JOINTS):
         raise BadSampleError(f"{path}: scores has shape {np.shape(scores)}, expected ({count}, {NUM_JOINTS})")
@@ -429,16 +432,6 @@ def _frame_numbers(ids: list) -> list[int]:
         return [int(i) for i in ids]
     order: dict[str, int] = {}
     return [order.setdefault(str(i), len(order)) for i in ids]
-
-
-def _per_sample(value, count: int, name: str, path: Path) -> np.ndarray:
-    """(2,) or (N, 2) -> (N, 2) float64."""
-    value = np.asarray(value, dtype=np.float64)
-    if value.shape == (2,):
-        return np.broadcast_to(value, (count, 2)).copy()
-    if value.shape != (count, 2):
-        raise BadSampleError(f"{path}: {name} has shape {value.shape}, expected (2,) or ({count}, 2) pixels")
-    return value
 
 
 def _finish(rows, joint_order: str, path: Path, *, names, tracks, frames, problems=None,

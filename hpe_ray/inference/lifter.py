@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hpe_ray.camera import most_common_camera, pixels_to_normalized
+from hpe_ray.camera import most_common_camera, per_sample_pixels, pixels_to_normalized
 from hpe_ray.data.batch import images_to_model_range, scored_pose_2d
 from hpe_ray.models import predict_pose_3d_mm
 from hpe_ray.normalization import NormStats, normalize_2d
@@ -179,7 +179,7 @@ class Lifter:
             warnings.warn(f"no camera intrinsics given: using the training data's most common camera "
                           f"(focal {np.round(focal_px, 1).tolist()} px, center {np.round(center_px, 1).tolist()} px); "
                           "3D poses are only right if the keypoints come from a similar camera", stacklevel=3)
-        return _per_sample(focal_px, count, "focal_px"), _per_sample(center_px, count, "center_px"), True
+        return per_sample_pixels(focal_px, count, "focal_px"), per_sample_pixels(center_px, count, "center_px"), True
 
     @torch.no_grad()
     def _predict(self, inputs: np.ndarray, modality: str, valid: np.ndarray, problems: dict[int, str],
@@ -286,13 +286,3 @@ def _stack_rows(rows: list) -> tuple[np.ndarray, dict[int, str]]:
         else:
             stacked[i] = row
     return stacked, problems
-
-
-def _per_sample(value, count: int, name: str) -> np.ndarray:
-    """(2,) or (N, 2) -> (N, 2) float64."""
-    value = np.asarray(value, np.float64)
-    if value.shape == (2,):
-        return np.broadcast_to(value, (count, 2))
-    if value.shape != (count, 2):
-        raise ValueError(f"{name} must be (2,) or ({count}, 2) pixels, got shape {value.shape}")
-    return value
