@@ -218,11 +218,11 @@ def _cmd_requirements(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- parser
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default unless it is None or False (no value, an off switch) or the help
-    already says what it is: "(default 4) (default: None)" told users two things."""
+    """Shows a flag's default unless it is None or False (no value, an off switch; a None flag's
+    help says what applies): "(default 4) (default: None)" told users two things."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if action.default is None or action.default is False:  # identity: a default of 0 is shown
             return action.help
         return super()._get_help_string(action)
 

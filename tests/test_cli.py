@@ -80,6 +80,8 @@ def test_version_and_every_flag_has_help_with_its_default():
     walk(build_parser(), "hpe-ray")
     assert undocumented == []
     assert said_twice == []
+    dashboard = subprocess.run([sys.executable, "-m", "hpe_ray", "dashboard", "--help"], capture_output=True, text=True)
+    assert "(default: 0)" in " ".join(dashboard.stdout.split())  # a default of 0 is a value, not "no default"
 
 
 @pytest.mark.parametrize("contents", [b"not a checkpoint at all", b"garbage\n", b"PK\x03\x04 truncated zip"])
