@@ -162,6 +162,19 @@ def test_load_checkpoint_errors_name_the_path(tmp_path):
         load_checkpoint(bad)
 
 
+def test_a_load_failure_never_passes_on_the_advice_to_drop_weights_only():
+    import pickle
+
+    from hpe_ray.training.checkpoint import _load_failure
+
+    refused = pickle.UnpicklingError("Weights only load failed. Re-running `torch.load` with `weights_only` set to "
+                                     "`False` will likely succeed.\nWeightsUnpickler error: Unsupported operand 103\n\nmore")
+    assert _load_failure(refused) == "the weights-only unpickler refused it: Unsupported operand 103"
+    reworded = pickle.UnpicklingError("Try weights_only=False to load it.")  # no reason given in torch's text
+    assert _load_failure(reworded) == "the weights-only unpickler refused it"
+    assert _load_failure(RuntimeError("failed finding central directory\ndetails")) == "failed finding central directory"
+
+
 # ---------------------------------------------------------------- real Ray Train runs (slow)
 
 EPOCH_STEPS_LIFTING = 39  # 5000 train samples / 2 ranks / batch 64

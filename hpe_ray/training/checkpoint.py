@@ -137,12 +137,12 @@ def read_checkpoint_state(path, map_location: str | torch.device = "cpu") -> dic
 def _load_failure(err: Exception) -> str:
     """What is wrong with the file, in one line. torch's own text runs over several lines and, for a
     file the weights-only unpickler refuses, advises weights_only=False, which would run code from
-    the file: keep only the unpickler's reason."""
+    the file: never pass that on; keep the unpickler's reason when torch gives one."""
     text = str(err).strip()
-    if "WeightsUnpickler error:" in text:
-        reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
-        return f"the weights-only unpickler refused it: {reason[0] if reason else 'no reason given'}"
-    return text.splitlines()[0] if text else type(err).__name__
+    if "weights_only" not in text:
+        return text.splitlines()[0] if text else type(err).__name__
+    reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[:1] if "WeightsUnpickler error:" in text else []
+    return "the weights-only unpickler refused it" + (f": {reason[0]}" if reason else "")
 
 
 def resolve_checkpoint_file(path) -> Path:
