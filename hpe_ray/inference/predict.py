@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hpe_ray.camera import DEFAULT_FOV_DEG, intrinsics_from_image_size
+from hpe_ray.camera import DEFAULT_FOV_DEG, intrinsics_from_image_size, per_sample_pixels
 from hpe_ray.data.sample import BadSampleError
 from hpe_ray.inference.formats import (DEFAULT_MIN_SCORE, KeypointInput, fill_low_confidence, read_keypoints,
                                        track_order)
@@ -117,7 +117,9 @@ def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Pa
             summary.notes.append(f"{int(low_confidence.sum())} joints scored below {min_score:g} or missing "
                                  f"({np.mean(low_confidence.any(axis=1)):.0%} of samples); filled from "
                                  "neighbouring frames where the track had them")
-        focal, center = _camera(keypoints, lifter, focal_px, center_px, image_size_px, fov_deg, summary)
+        image_size = (per_sample_pixels(image_size_px, len(keypoints.names), "image_size_px")
+                      if image_size_px is not None else keypoints.image_size_px)
+        focal, center = _camera(keypoints, lifter, focal_px, center_px, image_size, fov_deg, summary)
         result = lifter.lift(keypoints.keypoints_2d_px, focal, center, scores=keypoints.scores, hypotheses=hypotheses,
                              batch_size=batch_size, progress=len(keypoints.names) > PROGRESS_MIN_SAMPLES, seed=seed)
         if lifter.reads_scores:
@@ -135,8 +137,6 @@ def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Pa
                       names=keypoints.names, tracks=keypoints.tracks, frames=keypoints.frames,
                       keypoints_2d=keypoints.keypoints_2d_px, keypoint_scores=keypoints.scores,
                       low_confidence=low_confidence, fps=np.float64(fps))
-        image_size = (np.broadcast_to(np.asarray(image_size_px, np.float64), (len(keypoints.names), 2))
-                      if image_size_px is not None else keypoints.image_size_px)
         if image_size is not None:
             arrays["image_size"] = image_size
         summary.keypoint_samples, summary.keypoint_lifted = len(result.valid), int(result.valid.sum())
@@ -163,18 +163,16 @@ def predict_file(checkpoint, keypoints_path: str | Path | None, output: str | Pa
     return summary
 
 
-def _camera(keypoints: KeypointInput, lifter: Lifter, focal_px, center_px, image_size_px, fov_deg: float,
-            summary: PredictSummary):
-    """(focal, center) for the lifter: given, the file's, derived from the image size, or None
-    (the lifter's default camera, or for a scale-free model the weak-perspective fit)."""
+def _camera(keypoints: KeypointInput, lifter: Lifter, focal_px, center_px, sizes: np.ndarray | None,
+            fov_deg: float, summary: PredictSummary):
+    """(focal, center) for the lifter: given, the file's, derived from the frame sizes (N, 2) px, or
+    None (the lifter's default camera, or for a scale-free model the weak-perspective fit)."""
     if focal_px is not None or center_px is not None:
         return focal_px, center_px
     if keypoints.focal_px is not None:
         return keypoints.focal_px, keypoints.center_px
     if not lifter.uses_camera:
         return None, None
-    sizes = (np.broadcast_to(np.asarray(image_size_px, np.float64), (len(keypoints.names), 2))
-             if image_size_px is not None else keypoints.image_size_px)
     if sizes is None:
         return None, None
     focal, center = np.empty_like(sizes), np.empty_like(sizes)
